@@ -1,0 +1,49 @@
+# normtut: `make book` builds the HTML book, `make test` runs every check.
+# Both create .venv from requirements.txt on first use.
+
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+NB      ?= $(sort $(wildcard book/*.ipynb))
+
+.PHONY: book test unit nbval bookcheck notebooks lint bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --all
+	@echo
+	@echo "Open the book: file://$(CURDIR)/_build/html/index.html"
+
+test: unit nbval bookcheck lint
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg $(NB) -q -p no:randomly
+
+bookcheck: $(STAMP)
+	$(BIN)/jupyter-book build . --all -W -n --keep-going
+
+lint: $(STAMP)
+	$(BIN)/ruff check normtut tests benchmarks
+	$(BIN)/ruff format --check normtut tests benchmarks
+
+# Re-execute notebooks in place to refresh their stored outputs (one thread, like nbval).
+notebooks: $(STAMP)
+	for nb in $(NB); do \
+	  OMP_NUM_THREADS=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=1200 --ExecutePreprocessor.kernel_name=python3 $$nb || exit 1; \
+	done
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf _build .pytest_cache
