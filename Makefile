@@ -32,15 +32,12 @@ bookcheck: $(STAMP)
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
 
 lint: $(STAMP)
-	$(BIN)/ruff check normtut tests benchmarks
-	$(BIN)/ruff format --check normtut tests benchmarks
+	$(BIN)/ruff check normtut tests benchmarks tools
+	$(BIN)/ruff format --check normtut tests benchmarks tools
 
 # Re-execute notebooks in place to refresh their stored outputs (one thread, like nbval).
 notebooks: $(STAMP)
-	for nb in $(NB); do \
-	  OMP_NUM_THREADS=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=1200 --ExecutePreprocessor.kernel_name=python3 $$nb || exit 1; \
-	done
+	$(BIN)/python tools/execute_notebooks.py $(NB)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -1,0 +1,33 @@
+"""Re-execute notebooks in place so their stored outputs are fresh (`make notebooks`).
+
+One thread and no timing metadata, so that a re-run on any machine stores the same
+outputs that strict nbval then compares against.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import nbformat
+from nbclient import NotebookClient
+
+
+def execute(path: str) -> None:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=1200,
+        kernel_name="python3",
+        record_timing=False,
+        resources={"metadata": {"path": os.path.dirname(path)}},
+    )
+    client.execute()
+    nbformat.write(nb, path)
+
+
+if __name__ == "__main__":
+    os.environ["OMP_NUM_THREADS"] = "1"
+    for notebook in sys.argv[1:]:
+        print(f"executing {notebook}", flush=True)
+        execute(notebook)
