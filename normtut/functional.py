@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import checks
+
 # ---------------------------------------------------------------------------
 # The one place where statistics are computed.
 # ---------------------------------------------------------------------------
@@ -32,9 +34,12 @@ def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes).
 
     Two passes: subtract the mean first, then average the squares. The one-pass
-    formula E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std.
+    formula E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std. The mean gets
+    one correction step: summing n values near 1000 in float32 leaves a rounding error
+    that is large next to a std of 0.01.
     """
     mean = x.mean(dim=tuple(dims), keepdim=True)  # mu = 1/n sum x
+    mean = mean + (x - mean).mean(dim=tuple(dims), keepdim=True)  # mu += 1/n sum (x - mu): zero but for rounding
     var = ((x - mean) ** 2).mean(dim=tuple(dims), keepdim=True)  # s2 = 1/n sum (x - mu)^2
     return mean, var
 
@@ -58,74 +63,16 @@ def update_running(running: Tensor, batch_stat: Tensor, momentum: float) -> None
     """In place: running <- (1 - momentum) * running + momentum * batch_stat.
 
     PyTorch's momentum weights the *new* batch (Keras' weights the old value).
+    The sum is formed in at least float32 and rounded once into a float16/bfloat16 buffer.
     """
-    running.mul_(1.0 - momentum).add_(batch_stat.reshape(running.shape).to(running.dtype), alpha=momentum)
+    acc = torch.promote_types(running.dtype, torch.float32)
+    new = running.to(acc) * (1.0 - momentum) + batch_stat.reshape(running.shape).to(acc) * momentum
+    running.copy_(new)
 
 
 def unbiased(var: Tensor, n: int) -> Tensor:
     """Bessel's correction: turn the biased variance of n values into the unbiased one."""
     return var * n / (n - 1)
-
-
-# ---------------------------------------------------------------------------
-# Input checks, with the exception types torch raises.
-# ---------------------------------------------------------------------------
-
-
-def _verify_batch_size(size: Sequence[int]) -> None:
-    values_per_channel = size[0]
-    for s in size[2:]:
-        values_per_channel *= s
-    if values_per_channel == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-
-
-def _verify_spatial_size(size: Sequence[int]) -> None:
-    spatial = 1
-    for s in size[2:]:
-        spatial *= s
-    if spatial == 1:
-        raise ValueError(f"Expected more than 1 spatial element when training, got input size {size}")
-
-
-def _check_length(name: str, t: Tensor | None, expected: int, what: str = "channel") -> None:
-    if t is not None and t.numel() != expected:
-        raise RuntimeError(f"{name} should contain {expected} elements (one per {what}), not {t.numel()}")
-
-
-def _compute_dtype(fn: str, input: Tensor, *others: Tensor | None) -> torch.dtype:
-    """The dtype the math runs in: float32 for half/bfloat16 inputs, else the input's own.
-
-    Like torch on the CPU, parameters and buffers must share the input's dtype, except
-    that float32 ones are accepted beside a float16/bfloat16 input.
-    """
-    if not input.is_floating_point():
-        raise NotImplementedError(f'"{fn}" not implemented for {input.dtype}: the input must be a floating-point tensor')
-    low_precision = input.dtype in (torch.float16, torch.bfloat16)
-    for t in others:
-        if t is not None and t.dtype != input.dtype and not (low_precision and t.dtype == torch.float32):
-            raise RuntimeError(
-                f"{fn}: mixed dtypes: the input is {input.dtype} but a parameter or buffer is {t.dtype}; "
-                "convert the module with .to(dtype) or the input to match"
-            )
-    return torch.float32 if low_precision else input.dtype
-
-
-def _check_eps(fn: str, eps: float, training: bool) -> None:
-    if training and eps <= 0.0:
-        raise ValueError(f"{fn} eps must be positive during training, but got {eps}")
-    if eps < 0.0:
-        raise ValueError(f"{fn} eps must be non-negative, but got {eps}")
-
-
-def _channel_shape(input: Tensor) -> tuple[int, ...]:
-    """[1, C, 1, 1, ...]: the shape a per-channel vector takes to broadcast over ``input``."""
-    return (1, input.shape[1]) + (1,) * (input.dim() - 2)
-
-
-def _require_channels(fn: str, input: Tensor) -> None:
-    if input.dim() < 2:
-        raise IndexError(f"{fn} expects an input of shape (N, C, *), got a {input.dim()}-D tensor of shape {list(input.shape)}")
 
 
 # ---------------------------------------------------------------------------
@@ -149,31 +96,22 @@ def batch_norm(
     updated in place (the running variance with the unbiased batch variance). In eval the
     running buffers normalize. Same signature and semantics as ``F.batch_norm``.
     """
-    _require_channels("batch_norm", input)
-    if training:
-        _verify_batch_size(input.shape)
-    _check_eps("batch_norm", eps, training)
+    checks.batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
+    if input.numel() == 0:  # as in torch: an empty input comes back as an (empty) copy, buffers stay
+        out = input.clone() if weight is None else input * weight[0]  # weight[0], bias[0] keep the graph
+        return out if bias is None else out + bias[0]
     C = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
-        _check_length(name, t, C)
-    if not training:
-        if running_mean is None:
-            raise RuntimeError("running_mean must be defined in evaluation mode")
-        if running_var is None:
-            raise RuntimeError("running_var must be defined in evaluation mode")
-    dtype = _compute_dtype("batch_norm", input, running_mean, running_var, weight, bias)
+    dtype = checks.compute_dtype("batch_norm", input, running_mean, running_var, weight, bias)
     x = input.to(dtype)
     shape = _channel_shape(input)
 
     if training:
         dims = [0, *range(2, x.dim())]  # BN: every axis except the channel axis
         mean, var = moments(x, dims)  # [1, C, 1, 1]
-        n = x.numel() // C  # values per channel
-        if n > 0:  # an empty batch leaves the buffers as they are
-            if running_mean is not None:
-                update_running(running_mean, mean, momentum)
-            if running_var is not None:
-                update_running(running_var, unbiased(var, n), momentum)  # running var is unbiased
+        n = x.numel() // C  # values per channel (> 0: empty inputs returned above)
+        if running_mean is not None and running_var is not None:
+            update_running(running_mean, mean, momentum)
+            update_running(running_var, unbiased(var, n), momentum)  # running var is unbiased
     else:
         mean, var = running_mean.to(dtype).reshape(shape), running_var.to(dtype).reshape(shape)
 
@@ -196,13 +134,10 @@ def instance_norm(
     With ``use_input_stats`` the instance statistics normalize, and running buffers, if
     given, move towards their average over the batch. Otherwise the buffers normalize.
     """
-    _require_channels("instance_norm", input)
-    if use_input_stats:
-        _verify_spatial_size(input.shape)
+    checks.instance_norm_args(input, running_mean, running_var, weight, bias, use_input_stats)
     C = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
-        _check_length(name, t, C)
-    dtype = _compute_dtype("instance_norm", input, running_mean, running_var, weight, bias)
+    # Like torch, the running buffers may have any floating dtype here; weight and bias may not.
+    dtype = checks.compute_dtype("instance_norm", input, weight, bias)
     x = input.to(dtype)
     shape = _channel_shape(input)
 
@@ -210,12 +145,12 @@ def instance_norm(
         dims = range(2, x.dim())  # IN: the spatial axes of each (sample, channel)
         mean, var = moments(x, dims)  # [N, C, 1, 1]
         n = x[0, 0].numel() if x.shape[0] * C > 0 else 0  # values per instance
-        if n > 0 and running_mean is not None and running_var is not None:
+        # As in torch, an empty batch (N = 0) averages no instances and leaves NaN buffers;
+        # other empty inputs (C = 0 or no spatial values) leave them as they are.
+        if running_mean is not None and (n > 0 or x.shape[0] == 0):
             update_running(running_mean, mean.mean(dim=0), momentum)  # average over the batch
             update_running(running_var, unbiased(var, n).mean(dim=0), momentum)
     else:
-        if running_mean is None or running_var is None:
-            raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
         mean, var = running_mean.to(dtype).reshape(shape), running_var.to(dtype).reshape(shape)
 
     y = normalize(x, mean, var, eps)
@@ -234,24 +169,9 @@ def layer_norm(
     ``weight`` and ``bias`` have the shape ``normalized_shape``: one value per element.
     """
     normalized_shape = list(normalized_shape)
+    checks.layer_norm_args(input, normalized_shape, weight, bias)
     k = len(normalized_shape)
-    if k == 0:
-        raise RuntimeError(
-            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, "
-            "but got normalized_shape = []"
-        )
-    if list(input.shape[input.dim() - k :]) != normalized_shape or input.dim() < k:
-        raise RuntimeError(
-            f"Given normalized_shape={normalized_shape}, expected input with shape [*, "
-            f"{', '.join(map(str, normalized_shape))}], but got input of size{list(input.shape)}"
-        )
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and list(t.shape) != normalized_shape:
-            raise RuntimeError(
-                f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
-                f"{list(t.shape)} and normalized_shape = {normalized_shape}"
-            )
-    dtype = _compute_dtype("layer_norm", input, weight, bias)
+    dtype = checks.compute_dtype("layer_norm", input, weight, bias)
     x = input.to(dtype)
 
     dims = range(x.dim() - k, x.dim())  # LN: the trailing normalized_shape axes
@@ -272,28 +192,20 @@ def group_norm(
     The C channels are split into ``num_groups`` groups of C/G consecutive channels;
     ``weight`` and ``bias`` are per channel.
     """
-    if input.dim() < 2:
-        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    checks.group_norm_args(input, num_groups, weight, bias)
     N, C = input.shape[:2]
-    _verify_batch_size([N * C // num_groups, num_groups, *input.shape[2:]])
-    if C % num_groups != 0:
-        raise RuntimeError(
-            "Expected number of channels in input to be divisible by num_groups, but got input of shape "
-            f"{list(input.shape)} and num_groups={num_groups}"
-        )
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.dim() != 1 or t.numel() != C):
-            raise RuntimeError(
-                f"Expected {name} to be a vector of size equal to the number of channels in input, but got "
-                f"{name} of shape {list(t.shape)} and input of shape {list(input.shape)}"
-            )
-    dtype = _compute_dtype("group_norm", input, weight, bias)
+    dtype = checks.compute_dtype("group_norm", input, weight, bias)
     x = input.to(dtype)
 
     grouped = x.reshape(N, num_groups, C // num_groups, *x.shape[2:])  # [N, G, C/G, *spatial]
     mean, var = moments(grouped, range(2, grouped.dim()))  # GN: (C/G, *spatial) in each group
     y = normalize(grouped, mean, var, eps).reshape(x.shape)
     return affine(y, _cast(weight, dtype), _cast(bias, dtype), _channel_shape(input)).to(input.dtype)
+
+
+def _channel_shape(input: Tensor) -> tuple[int, ...]:
+    """[1, C, 1, 1, ...]: the shape a per-channel vector takes to broadcast over ``input``."""
+    return (1, input.shape[1]) + (1,) * (input.dim() - 2)
 
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:

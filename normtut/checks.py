@@ -1,0 +1,151 @@
+"""Argument checks for normtut.functional, raising the exception types torch raises.
+
+Kept apart from the math so that each function in functional.py reads as the algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def verify_batch_size(size: Sequence[int]) -> None:
+    values_per_channel = size[0]
+    for s in size[2:]:
+        values_per_channel *= s
+    if values_per_channel == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+
+
+def verify_spatial_size(size: Sequence[int]) -> None:
+    spatial = 1
+    for s in size[2:]:
+        spatial *= s
+    if spatial == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {size}")
+
+
+def check_length(name: str, t: Tensor | None, expected: int, what: str = "channel") -> None:
+    if t is not None and t.numel() != expected:
+        raise RuntimeError(f"{name} should contain {expected} elements (one per {what}), not {t.numel()}")
+
+
+def compute_dtype(fn: str, input: Tensor, *others: Tensor | None) -> torch.dtype:
+    """The dtype the math runs in: float32 for half/bfloat16 inputs, else the input's own.
+
+    Like torch on the CPU, parameters and buffers must share the input's dtype, except
+    that a float16/bfloat16 input also accepts parameters and buffers that are all float32.
+    """
+    if not input.is_floating_point():
+        raise NotImplementedError(
+            f'"{fn}" not implemented for {input.dtype}: the input must be a floating-point tensor'
+        )
+    low_precision = input.dtype in (torch.float16, torch.bfloat16)
+    dtypes = {t.dtype for t in others if t is not None}  # parameters and buffers must all agree
+    if dtypes and not (dtypes == {input.dtype} or (low_precision and dtypes == {torch.float32})):
+        raise RuntimeError(
+            f"{fn}: mixed dtypes: the input is {input.dtype} but the parameters/buffers are "
+            f"{sorted(map(str, dtypes))}; they must all be {input.dtype}"
+            + (" (or all torch.float32)" if low_precision else "")
+            + "; convert the module with .to(dtype) or the input to match"
+        )
+    return torch.float32 if low_precision else input.dtype
+
+
+def check_eps(fn: str, eps: float, training: bool) -> None:
+    if training and eps <= 0.0:
+        raise ValueError(f"{fn} eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"{fn} eps must be non-negative, but got {eps}")
+
+
+def require_channels(fn: str, input: Tensor) -> None:
+    if input.dim() < 2:
+        raise IndexError(
+            f"{fn} expects an input of shape (N, C, *), got a {input.dim()}-D tensor of shape {list(input.shape)}"
+        )
+
+
+def batch_norm_args(input, running_mean, running_var, weight, bias, training, eps) -> None:
+    """Raise what torch raises for arguments batch_norm cannot use."""
+    if training:
+        verify_batch_size(input.shape)
+    check_eps("batch_norm", eps, training)
+    if input.numel() == 0:
+        return
+    if input.dim() < 2:  # torch then sees C = 0: a RuntimeError, unless nothing per-channel is checked
+        nothing_checked = training and all(t is None for t in (running_mean, running_var, weight, bias))
+        raise (IndexError if nothing_checked else RuntimeError)(
+            f"batch_norm expects an input of shape (N, C, *), got a {input.dim()}-D tensor of shape {list(input.shape)}"
+        )
+    C = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        check_length(name, t, C)
+    if not training:
+        if running_mean is None:
+            raise RuntimeError("running_mean must be defined in evaluation mode")
+        if running_var is None:
+            raise RuntimeError("running_var must be defined in evaluation mode")
+    elif (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.dim() != 1:  # weight and bias may have any shape, the buffers may not
+            raise RuntimeError(f"{name} must be a 1-D tensor of {C} values, got shape {list(t.shape)}")
+
+
+def instance_norm_args(input, running_mean, running_var, weight, bias, use_input_stats) -> None:
+    """Raise what torch raises for arguments instance_norm cannot use."""
+    if use_input_stats:
+        verify_spatial_size(input.shape)
+    require_channels("instance_norm", input)
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    C = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        check_length(name, t, C)
+
+
+def layer_norm_args(input, normalized_shape: list[int], weight, bias) -> None:
+    """Raise what torch raises for arguments layer_norm cannot use."""
+    k = len(normalized_shape)
+    if k == 0:
+        raise RuntimeError(
+            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, "
+            "but got normalized_shape = []"
+        )
+    if list(input.shape[input.dim() - k :]) != normalized_shape or input.dim() < k:
+        raise RuntimeError(
+            f"Given normalized_shape={normalized_shape}, expected input with shape [*, "
+            f"{', '.join(map(str, normalized_shape))}], but got input of size{list(input.shape)}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and list(t.shape) != normalized_shape:
+            raise RuntimeError(
+                f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+                f"{list(t.shape)} and normalized_shape = {normalized_shape}"
+            )
+
+
+def group_norm_args(input, num_groups: int, weight, bias) -> None:
+    """Raise what torch raises for arguments group_norm cannot use."""
+    if input.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    N, C = input.shape[:2]
+    verify_batch_size([N * C // num_groups, num_groups, *input.shape[2:]])
+    if num_groups <= 0:
+        raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
+    if C % num_groups != 0:
+        raise RuntimeError(
+            "Expected number of channels in input to be divisible by num_groups, but got input of shape "
+            f"{list(input.shape)} and num_groups={num_groups}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dim() != 1 or t.numel() != C):
+            raise RuntimeError(
+                f"Expected {name} to be a vector of size equal to the number of channels in input, but got "
+                f"{name} of shape {list(t.shape)} and input of shape {list(input.shape)}"
+            )
