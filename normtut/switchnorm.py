@@ -1,0 +1,174 @@
+"""SwitchableNorm2d: Switchable Normalization (Luo et al., ICLR 2019) in PyTorch's conventions.
+
+One layer computes three sets of statistics of an (N, C, H, W) input, those of
+InstanceNorm (over H, W), LayerNorm (over C, H, W) and BatchNorm (over N, H, W), and
+normalizes with their mixture: softmax(mean_weight) mixes the means, softmax(var_weight)
+the variances. The mixture logits are learned with the rest of the network.
+
+Where the official code (switchablenorms/Switchable-Normalization) differs from PyTorch's
+own layers, this one follows PyTorch, so that a one-hot mixture is exactly
+InstanceNorm2d(affine=True), GroupNorm(1, C) or BatchNorm2d: biased variances normalize,
+``momentum`` weights the new batch, ``running_var`` is unbiased and starts at 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from . import checks
+from . import functional as F
+
+BRANCHES = ("in", "ln", "bn")  # the order of the logits in mean_weight and var_weight
+
+
+def pooled_moments(mean: Tensor, var: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of the union of equal-size groups, from the groups' own moments.
+
+    Law of total variance: Var = mean of the group variances + variance of the group means.
+    The identity is exact, and both terms are two-pass (the variance of the means comes from
+    ``moments``), so it stays accurate in floating point, unlike the one-pass
+    E[x^2] - E[x]^2 of the official code.
+    """
+    mean_of_means, var_of_means = F.moments(mean, (dim,))  # E[mu_g], Var[mu_g]
+    return mean_of_means, var.mean(dim, keepdim=True) + var_of_means  # E[s2_g] + Var[mu_g]
+
+
+class SwitchableNorm2d(nn.Module):
+    """Switchable Normalization of (N, C, H, W) inputs: a learned mixture of IN, LN and BN statistics.
+
+    ``weight``/``bias`` are per channel ([C], as in BatchNorm2d); ``mean_weight``/``var_weight``
+    are the mixture logits in the order IN, LN, BN (IN, LN with ``using_bn=False``). The BN
+    statistics are tracked in ``running_mean``/``running_var`` and replace the batch ones in
+    eval; IN and LN always use the input's own statistics. ``using_moving_average=False``
+    tracks the cumulative average of all batches, like BatchNorm2d(momentum=None).
+    ``last_gamma=True`` starts ``weight`` at 0 (for the last norm of a residual branch).
+    """
+
+    __constants__ = ["num_features", "eps", "momentum", "using_moving_average", "using_bn", "last_gamma"]
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        using_moving_average: bool = True,
+        using_bn: bool = True,
+        last_gamma: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.using_moving_average = using_moving_average
+        self.using_bn = using_bn
+        self.last_gamma = last_gamma
+        self.weight = nn.Parameter(torch.empty(num_features, **factory))
+        self.bias = nn.Parameter(torch.empty(num_features, **factory))
+        n_branches = 3 if using_bn else 2
+        self.mean_weight = nn.Parameter(torch.empty(n_branches, **factory))  # logits: IN, LN(, BN)
+        self.var_weight = nn.Parameter(torch.empty(n_branches, **factory))
+        if using_bn:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        """running_mean <- 0, running_var <- 1, num_batches_tracked <- 0."""
+        if self.using_bn:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """Running stats reset; weight <- 1 (0 with last_gamma), bias <- 0, equal logits (softmax 1/k each)."""
+        self.reset_running_stats()
+        nn.init.constant_(self.weight, 0.0 if self.last_gamma else 1.0)
+        nn.init.zeros_(self.bias)
+        nn.init.ones_(self.mean_weight)
+        nn.init.ones_(self.var_weight)
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """Names of the mixed statistics, in the order of the logits."""
+        return BRANCHES if self.using_bn else BRANCHES[:2]
+
+    def mixture_weights(self) -> tuple[Tensor, Tensor]:
+        """softmax(mean_weight), softmax(var_weight): how much each branch counts."""
+        return torch.softmax(self.mean_weight, 0), torch.softmax(self.var_weight, 0)
+
+    @torch.no_grad()
+    def use_only_(self, branch: str) -> SwitchableNorm2d:
+        """Make both mixtures exactly one-hot on ``branch`` ('in', 'ln' or 'bn'): logits 0 there, -inf elsewhere.
+
+        softmax then gives exact 1s and 0s. Freeze the logits (requires_grad_(False)) before
+        training such a layer: weight decay on a -inf logit gives NaN.
+        """
+        if branch not in self.branches:
+            raise ValueError(f"branch must be one of {self.branches}, got {branch!r}")
+        logits = torch.full_like(self.mean_weight, -math.inf)
+        logits[self.branches.index(branch)] = 0.0
+        self.mean_weight.copy_(logits)
+        self.var_weight.copy_(logits)
+        return self
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 4:
+            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        if self.training and self.using_bn:
+            checks.verify_batch_size(input.shape)  # the BN branch needs more than one value per channel
+        checks.check_eps("switchable_norm", self.eps, self.training)
+        N, C, H, W = input.shape
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            checks.check_length(name, getattr(self, name), C)
+        dtype = checks.compute_dtype(
+            "switchable_norm", input, self.weight, self.bias, self.running_mean, self.running_var
+        )
+        x = input.to(dtype)
+
+        mean_in, var_in = F.moments(x, (2, 3))  # IN: over (H, W), [N, C, 1, 1]
+        mean_ln, var_ln = pooled_moments(mean_in, var_in, 1)  # LN: over (C, H, W), [N, 1, 1, 1]
+        means, variances = [mean_in, mean_ln], [var_in, var_ln]
+        if self.using_bn:
+            if self.training:
+                mean_bn, var_bn = pooled_moments(mean_in, var_in, 0)  # BN: over (N, H, W), [1, C, 1, 1]
+                self._update_running(mean_bn, var_bn, N * H * W)
+            else:
+                mean_bn = self.running_mean.to(dtype).reshape(1, C, 1, 1)
+                var_bn = self.running_var.to(dtype).reshape(1, C, 1, 1)
+            means.append(mean_bn)
+            variances.append(var_bn)
+
+        w_mean, w_var = (w.to(dtype) for w in self.mixture_weights())
+        mean = sum(w * m for w, m in zip(w_mean, means, strict=True))  # mu = sum_k softmax(mean_weight)_k mu_k
+        var = sum(w * v for w, v in zip(w_var, variances, strict=True))  # s2 = sum_k softmax(var_weight)_k s2_k
+        y = F.normalize(x, mean, var, self.eps)
+        return F.affine(y, self.weight.to(dtype), self.bias.to(dtype), (1, C, 1, 1)).to(input.dtype)
+
+    def _update_running(self, mean_bn: Tensor, var_bn: Tensor, n: int) -> None:
+        """BatchNorm's update: moving average with ``momentum``, or cumulative average (factor 1/k)."""
+        self.num_batches_tracked.add_(1)  # counted even when empty, as BatchNorm does
+        if n == 0:  # an empty batch leaves the running statistics as they are
+            return
+        factor = self.momentum if self.using_moving_average else 1.0 / float(self.num_batches_tracked)
+        F.update_running(self.running_mean, mean_bn, factor)
+        F.update_running(self.running_var, F.unbiased(var_bn, n), factor)  # running var is unbiased
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"using_moving_average={self.using_moving_average}, using_bn={self.using_bn}, last_gamma={self.last_gamma}"
+        )
