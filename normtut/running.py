@@ -1,0 +1,24 @@
+"""Watching a BN layer's running statistics move, batch by batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+
+@torch.no_grad()
+def running_stats_history(layer: nn.Module, batches: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """Feed ``batches`` to ``layer`` in training mode; return its running_mean and running_var after each.
+
+    Both results have shape [T + 1, C]: row 0 is the state before the first batch.
+    Works for any BatchNorm-like layer with running buffers (torch's or normtut's).
+    """
+    layer.train()
+    means, variances = [layer.running_mean.clone()], [layer.running_var.clone()]
+    for x in batches:
+        layer(x)
+        means.append(layer.running_mean.clone())
+        variances.append(layer.running_var.clone())
+    return torch.stack(means), torch.stack(variances)
