@@ -3,14 +3,18 @@
 Each layer is a drop-in for its ``torch.nn`` twin (torch 2.13) and is tested against it.
 """
 
-from . import functional
+from . import functional, optim
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .factory import get_norm_layer
+from .frozen import FrozenBatchNorm2d, freeze_batchnorm
 from .groupnorm import GroupNorm
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .layernorm import LayerNorm
+from .switchnorm import SwitchableNorm2d
 
 __all__ = [
     "functional",
+    "optim",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
@@ -19,4 +23,8 @@ __all__ = [
     "InstanceNorm3d",
     "LayerNorm",
     "GroupNorm",
+    "FrozenBatchNorm2d",
+    "freeze_batchnorm",
+    "SwitchableNorm2d",
+    "get_norm_layer",
 ]
