@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from . import state
 
 
 class _NormBase(nn.Module):
@@ -31,7 +32,6 @@ class _NormBase(nn.Module):
         *,
         bias: bool = True,
     ) -> None:
-        factory = {"device": device, "dtype": dtype}
         super().__init__()
         self.num_features = num_features
         self.eps = eps
@@ -39,40 +39,21 @@ class _NormBase(nn.Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         # gamma ("weight") and beta ("bias"): learnable, one per channel, only if affine.
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_features, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        state.register_affine(self, num_features, affine, bias, device=device, dtype=dtype)
         # Running estimates: buffers (saved in state_dict, moved by .to(), never trained).
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        state.register_running_stats(self, num_features, track_running_stats, device, dtype)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean <- 0, running_var <- 1, num_batches_tracked <- 0."""
         if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
+            state.reset_running(self)
 
     def reset_parameters(self) -> None:
         """Reset the running statistics, then weight <- 1 and bias <- 0 (not U(0, 1))."""
         self.reset_running_stats()
         if self.affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+            state.reset_affine(self)
 
     def _check_input_dim(self, input: Tensor) -> None:
         raise NotImplementedError

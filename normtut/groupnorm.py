@@ -7,10 +7,10 @@ Channels are split into ``num_groups`` groups; statistics per sample and group o
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from . import state
 
 
 class GroupNorm(nn.Module):
@@ -37,26 +37,19 @@ class GroupNorm(nn.Module):
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
-        if affine:
-            self.weight = nn.Parameter(torch.empty(num_channels, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(num_channels, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        state.register_affine(self, num_channels, affine, bias, **factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight <- 1, bias <- 0."""
         if self.affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+            state.reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, bias={self.bias is not None}"
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+            f"bias={self.bias is not None}"
+        )

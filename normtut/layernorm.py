@@ -9,10 +9,10 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from . import state
 
 
 class LayerNorm(nn.Module):
@@ -36,23 +36,13 @@ class LayerNorm(nn.Module):
         self.normalized_shape = tuple(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        state.register_affine(self, self.normalized_shape, elementwise_affine, bias, **factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight <- 1, bias <- 0."""
         if self.elementwise_affine:
-            nn.init.ones_(self.weight)
-            if self.bias is not None:
-                nn.init.zeros_(self.bias)
+            state.reset_affine(self)
 
     def forward(self, input: Tensor) -> Tensor:
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)

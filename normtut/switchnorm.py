@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import checks
+from . import checks, state
 from . import functional as F
 
 BRANCHES = ("in", "ln", "bn")  # the order of the logits in mean_weight and var_weight
@@ -68,33 +68,22 @@ class SwitchableNorm2d(nn.Module):
         self.using_moving_average = using_moving_average
         self.using_bn = using_bn
         self.last_gamma = last_gamma
-        self.weight = nn.Parameter(torch.empty(num_features, **factory))
-        self.bias = nn.Parameter(torch.empty(num_features, **factory))
+        state.register_affine(self, num_features, True, True, **factory)
         n_branches = 3 if using_bn else 2
         self.mean_weight = nn.Parameter(torch.empty(n_branches, **factory))  # logits: IN, LN(, BN)
         self.var_weight = nn.Parameter(torch.empty(n_branches, **factory))
-        if using_bn:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        state.register_running_stats(self, num_features, using_bn, device, dtype)  # BN statistics only
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean <- 0, running_var <- 1, num_batches_tracked <- 0."""
         if self.using_bn:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
+            state.reset_running(self)
 
     def reset_parameters(self) -> None:
         """Running stats reset; weight <- 1 (0 with last_gamma), bias <- 0, equal logits (softmax 1/k each)."""
         self.reset_running_stats()
-        nn.init.constant_(self.weight, 0.0 if self.last_gamma else 1.0)
-        nn.init.zeros_(self.bias)
+        state.reset_affine(self, gamma=0.0 if self.last_gamma else 1.0)
         nn.init.ones_(self.mean_weight)
         nn.init.ones_(self.var_weight)
 
