@@ -12,8 +12,12 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from twins import params, twins
+from twins import step as twin_step
 
 import normtut
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 DIMS = {1: (nn.BatchNorm1d, normtut.BatchNorm1d), 2: (nn.BatchNorm2d, normtut.BatchNorm2d),
         3: (nn.BatchNorm3d, normtut.BatchNorm3d)}  # fmt: skip
@@ -26,16 +30,6 @@ OURS = SimpleNamespace(
 )
 
 
-def twins(d: int, *args, **kwargs) -> tuple[nn.Module, nn.Module]:
-    """(ours, torch's) built with the same arguments; a random affine copied into both."""
-    ref, ours = DIMS[d][0](*args, **kwargs), DIMS[d][1](*args, **kwargs)
-    with torch.no_grad():
-        for (name, p), q in zip(ref.named_parameters(), ours.parameters(), strict=True):
-            p.copy_(torch.rand_like(p) + 0.5 if name == "weight" else torch.randn_like(p))
-            q.copy_(p)
-    return ours, ref
-
-
 def batch(
     d: int, n: int, c: int, dtype: torch.dtype = torch.float64, spatial: tuple[int, ...] | None = None
 ) -> torch.Tensor:
@@ -46,7 +40,7 @@ def batch(
     return (x * scale + 2.0).to(dtype)
 
 
-def assert_same_state(ours: nn.Module, ref: nn.Module, **tol) -> None:
+def assert_same_slots(ours: nn.Module, ref: nn.Module, **tol) -> None:
     """Same flags, the same parameter and buffer slots (None included), dtypes and values."""
     for attr in ("num_features", "eps", "momentum", "affine", "track_running_stats", "training"):
         assert getattr(ours, attr) == getattr(ref, attr), attr
@@ -62,44 +56,11 @@ def assert_same_state(ours: nn.Module, ref: nn.Module, **tol) -> None:
 
 
 def step(ours: nn.Module, ref: nn.Module, x: torch.Tensor, **tol) -> None:
-    """One forward/backward on both: outputs, input and parameter gradients, then buffers.
+    """One forward/backward on both: outputs, input and parameter gradients (then reset), then the state.
 
     If torch raises, ours must raise the same exception type and leave the same state.
     """
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    try:
-        yb = ref(xb)
-    except Exception as e:
-        with pytest.raises(type(e)):
-            ours(xa)
-        assert_same_state(ours, ref, **tol)
-        return
-    ya = ours(xa)
-    assert ya.dtype == yb.dtype and ya.shape == yb.shape
-    torch.testing.assert_close(ya, yb, **tol)
-    g = torch.randn_like(yb)
-    ya.backward(g)
-    yb.backward(g)
-    torch.testing.assert_close(xa.grad, xb.grad, **tol)
-    for (na, pa), (nb, pb) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
-        assert na == nb
-        torch.testing.assert_close(pa.grad, pb.grad, **tol)
-        pa.grad, pb.grad = None, None
-    assert_same_state(ours, ref, **tol)
-
-
-def params(fn) -> list[tuple[str, object, object]]:
-    """A signature as (name, kind, default), annotations aside."""
-    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    twin_step(ours, ref, x, state=assert_same_slots, reset_grads=True, match_errors=True, **tol)
 
 
 # ---------------------------------------------------------------------------
@@ -137,7 +98,7 @@ def test_construction_matches_torch(d, config):
     assert list(ours.state_dict()) == list(ref.state_dict())
     assert ours._version == ref._version == 2
     assert ours.state_dict()._metadata[""]["version"] == ref.state_dict()._metadata[""]["version"]
-    assert_same_state(ours, ref, rtol=0, atol=0)
+    assert_same_slots(ours, ref, rtol=0, atol=0)
     if ref.num_batches_tracked is not None:
         assert ours.num_batches_tracked.dtype == torch.long and ours.num_batches_tracked.dim() == 0
 
@@ -155,17 +116,17 @@ def test_positional_arguments_and_repr_values():
 @pytest.mark.parametrize("track", [True, False])
 def test_resets(d, affine, track):
     torch.manual_seed(0)
-    ours, ref = twins(d, 3, track_running_stats=track, **AFFINE[affine])
+    ours, ref = twins(DIMS[d], 3, track_running_stats=track, **AFFINE[affine])
     for _ in range(3):
         step(ours, ref, batch(d, 4, 3, torch.float32), rtol=1e-5, atol=1e-5)
     ours.reset_running_stats()
     ref.reset_running_stats()
-    assert_same_state(ours, ref, rtol=1e-6, atol=1e-6)  # parameters kept, buffers reset
+    assert_same_slots(ours, ref, rtol=1e-6, atol=1e-6)  # parameters kept, buffers reset
     if affine != "none":
         assert not torch.equal(ref.weight, torch.ones(3))  # the parameters were not reset
     ours.reset_parameters()
     ref.reset_parameters()
-    assert_same_state(ours, ref, rtol=0, atol=0)
+    assert_same_slots(ours, ref, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------
@@ -183,7 +144,7 @@ MODES = ["train", "train", "eval", "train", "eval", "train"]
 def test_steps_match_torch(d, momentum, affine, track, flip):
     """Six steps; with "flipped", track_running_stats is toggled on the built layers before step 3."""
     torch.manual_seed(d)
-    ours, ref = twins(d, 4, momentum=momentum, track_running_stats=track, dtype=torch.float64, **AFFINE[affine])
+    ours, ref = twins(DIMS[d], 4, momentum=momentum, track_running_stats=track, dtype=torch.float64, **AFFINE[affine])
     for i, mode in enumerate(MODES):
         if flip and i == 3:
             ours.track_running_stats = ref.track_running_stats = not track
@@ -216,7 +177,7 @@ def test_random_scenarios_match_torch(s):
     """Random shapes (batch sizes 0 and 1 included), flags and sequences of train/eval/flip steps."""
     torch.manual_seed(s["seed"])
     kw = {"momentum": s["momentum"], "eps": s["eps"], "track_running_stats": s["track"], **AFFINE[s["affine"]]}
-    ours, ref = twins(s["d"], s["c"], dtype=torch.float64, **kw)
+    ours, ref = twins(DIMS[s["d"]], s["c"], dtype=torch.float64, **kw)
     for action in s["actions"]:
         if action == "flip":
             ours.track_running_stats = ref.track_running_stats = not ref.track_running_stats
@@ -236,7 +197,7 @@ def test_random_scenarios_match_torch(s):
 @pytest.mark.parametrize("direction", ["ours->torch", "torch->ours"])
 def test_state_dict_round_trip(d, config, direction):
     torch.manual_seed(1)
-    ours, ref = twins(d, 3, **config)
+    ours, ref = twins(DIMS[d], 3, **config)
     src_ours = direction == "ours->torch"
     src = ours if src_ours else ref
     src.train()
@@ -251,7 +212,7 @@ def test_state_dict_round_trip(d, config, direction):
     dst = fresh_ref if src_ours else fresh_ours
     result = dst.load_state_dict(src.state_dict())
     assert not result.missing_keys and not result.unexpected_keys
-    assert_same_state(dst, src, rtol=0, atol=0)
+    assert_same_slots(dst, src, rtol=0, atol=0)
     src.eval()
     dst.eval()
     x = batch(d, 2, 3, torch.float32)
@@ -280,7 +241,7 @@ def test_old_checkpoint_without_num_batches_tracked(how, trained_destination, wr
     source = nn.BatchNorm2d(3)
     for _ in range(5):
         source(batch(2, 4, 3, torch.float32))
-    dst_ours, dst_ref = twins(2, 3)
+    dst_ours, dst_ref = twins(DIMS[2], 3)
     if trained_destination:
         for _ in range(2):
             x = batch(2, 4, 3, torch.float32)
@@ -294,7 +255,7 @@ def test_old_checkpoint_without_num_batches_tracked(how, trained_destination, wr
     r_ref = dst_ref.load_state_dict(copy.deepcopy(sd))
     r_ours = dst_ours.load_state_dict(copy.deepcopy(sd))
     assert r_ours.missing_keys == r_ref.missing_keys == [] and r_ours.unexpected_keys == r_ref.unexpected_keys == []
-    assert_same_state(dst_ours[-1] if wrapped else dst_ours, dst_ref[-1] if wrapped else dst_ref, rtol=0, atol=0)
+    assert_same_slots(dst_ours[-1] if wrapped else dst_ours, dst_ref[-1] if wrapped else dst_ref, rtol=0, atol=0)
     ref_bn = dst_ref[-1] if wrapped else dst_ref
     assert int(ref_bn.num_batches_tracked) == (2 if trained_destination else 0)  # the counter was not in sd
 
@@ -310,7 +271,7 @@ def test_old_checkpoint_into_meta_layer():
     assert ours.num_batches_tracked.device == ref.num_batches_tracked.device == torch.device("meta")
     ref.load_state_dict(copy.deepcopy(sd), assign=True)
     ours.load_state_dict(copy.deepcopy(sd), assign=True)
-    assert_same_state(ours, ref, rtol=0, atol=0)
+    assert_same_slots(ours, ref, rtol=0, atol=0)
     assert ours.num_batches_tracked.device == torch.device("cpu")
 
 
@@ -411,7 +372,7 @@ def test_one_value_per_channel_message_is_torchs(shape):
 
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_one_value_per_channel_is_fine_in_eval_and_with_eps_zero(d):
-    ours, ref = twins(d, 3, dtype=torch.float64)
+    ours, ref = twins(DIMS[d], 3, dtype=torch.float64)
     ours.eval()
     ref.eval()
     step(ours, ref, batch(d, 1, 3, spatial=(1,) * len(SPATIAL[d])), **F64)
@@ -430,7 +391,7 @@ def test_one_value_per_channel_is_fine_in_eval_and_with_eps_zero(d):
 def test_zero_size_batch(d, momentum, affine):
     """An empty batch: same output and gradients, buffers untouched, the counter still moves."""
     torch.manual_seed(3)
-    ours, ref = twins(d, 3, momentum=momentum, dtype=torch.float64, **AFFINE[affine])
+    ours, ref = twins(DIMS[d], 3, momentum=momentum, dtype=torch.float64, **AFFINE[affine])
     step(ours, ref, batch(d, 4, 3), **F64)
     before = copy.deepcopy(ours.state_dict())
     for mode in ("train", "eval", "train"):
@@ -448,7 +409,7 @@ def test_zero_size_batch(d, momentum, affine):
 @pytest.mark.parametrize("shape", [(4, 0), (4, 0, 5), (4, 3, 0), (2, 3, 0, 4)])
 def test_other_empty_inputs(shape):
     d = max(1, len(shape) - 2)
-    ours, ref = twins(d, shape[1], dtype=torch.float64)
+    ours, ref = twins(DIMS[d], shape[1], dtype=torch.float64)
     step(ours, ref, torch.randn(shape, dtype=torch.float64), **F64)
     assert int(ours.num_batches_tracked) == 1
 
@@ -462,7 +423,7 @@ def test_other_empty_inputs(shape):
 def test_large_offset_float32(d):
     """x = 1000 + 0.01 z in float32: normalized as well as torch does; the one-pass formula fails."""
     torch.manual_seed(4)
-    ours, ref = twins(d, 4)
+    ours, ref = twins(DIMS[d], 4)
     x = torch.randn(64, 4, *SPATIAL[d][:d]) * 0.01 + 1000
     dims = [0, *range(2, x.dim())]
     ya, yb = ours(x), ref(x)
@@ -494,7 +455,7 @@ def test_low_precision_inputs(dtype, module_dtype, d):
     against torch's float16/bfloat16 path, which is less exact when the module is low precision.
     """
     torch.manual_seed(5)
-    ours, ref = twins(d, 4)
+    ours, ref = twins(DIMS[d], 4)
     if module_dtype == "same":
         ours.to(dtype)
         ref.to(dtype)
@@ -589,11 +550,11 @@ def test_inside_sequential_with_sgd():
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_to_float64_and_half(d):
     torch.manual_seed(7)
-    ours, ref = twins(d, 3)
+    ours, ref = twins(DIMS[d], 3)
     step(ours, ref, batch(d, 4, 3, torch.float32), rtol=1e-5, atol=1e-5)
     ours.to(torch.float64)
     ref.to(torch.float64)
-    assert_same_state(ours, ref, rtol=1e-6, atol=1e-6)
+    assert_same_slots(ours, ref, rtol=1e-6, atol=1e-6)
     assert ours.num_batches_tracked.dtype == torch.long  # integer buffers are not converted
     for mode in ("train", "eval"):
         ours.train(mode == "train")
@@ -601,18 +562,18 @@ def test_to_float64_and_half(d):
         step(ours, ref, batch(d, 4, 3), rtol=1e-6, atol=1e-6)
     ours.half()
     ref.half()
-    assert_same_state(ours, ref, rtol=1e-3, atol=1e-3)
+    assert_same_slots(ours, ref, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_deepcopy(d):
     torch.manual_seed(8)
-    ours, ref = twins(d, 3, momentum=None, dtype=torch.float64)
+    ours, ref = twins(DIMS[d], 3, momentum=None, dtype=torch.float64)
     step(ours, ref, batch(d, 4, 3), **F64)
     ours_copy, ref_copy = copy.deepcopy(ours), copy.deepcopy(ref)
     assert type(ours_copy) is type(ours) and ours_copy.running_mean is not ours.running_mean
-    assert_same_state(ours_copy, ref_copy, **F64)
+    assert_same_slots(ours_copy, ref_copy, **F64)
     for _ in range(2):  # training the copies leaves the originals alone, in both libraries
         step(ours_copy, ref_copy, batch(d, 4, 3), **F64)
-    assert_same_state(ours, ref, **F64)
+    assert_same_slots(ours, ref, **F64)
     assert int(ours.num_batches_tracked) == 1 and int(ours_copy.num_batches_tracked) == 3

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twins import params
 
 from normtut import functional as F
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 F64 = {"rtol": 1e-9, "atol": 1e-9}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------
@@ -111,9 +103,7 @@ def test_update_running_matches_torch(dtype, momentum):
 
 
 def test_batch_norm_signature():
-    sig = [(p.name, p.kind, p.default) for p in inspect.signature(F.batch_norm).parameters.values()]
-    ref = [(p.name, p.kind, p.default) for p in inspect.signature(TF.batch_norm).parameters.values()]
-    assert sig == ref
+    assert params(F.batch_norm) == params(TF.batch_norm)
 
 
 @st.composite

@@ -3,67 +3,32 @@ equivalences GroupNorm(C, C) = InstanceNorm and GroupNorm(1, C) = LayerNorm chec
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from twins import (
+    F32,
+    F64,
+    assert_same_state,
+    check_large_offset,
+    check_low_precision,
+    forward_backward,
+    forward_backward_shapes,
+    gradcheck_inputs,
+    params,
+    randomize,
+    same_error,
+    step,
+    twins,
+)
 
 import normtut
 from normtut import functional as F
 
-F32 = {"rtol": 1e-4, "atol": 1e-5}
-F64 = {"rtol": 1e-9, "atol": 1e-10}
-
-
-def params(fn) -> list[tuple[str, object, object]]:
-    """A signature as (name, kind, default), annotations aside."""
-    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
-
-
-def randomize(*modules: nn.Module) -> None:
-    """The same random affine (weight in [0.5, 1.5), bias ~ N(0, 1)) in every module."""
-    with torch.no_grad():
-        for name, p in modules[0].named_parameters():
-            p.copy_(torch.rand_like(p) + 0.5 if name == "weight" else torch.randn_like(p))
-            for m in modules[1:]:
-                getattr(m, name).copy_(p.reshape(getattr(m, name).shape))
-
-
-def twins(*args, **kwargs) -> tuple[nn.Module, nn.Module]:
-    """(ours, torch's) built with the same arguments and the same random affine."""
-    ref, ours = nn.GroupNorm(*args, **kwargs), normtut.GroupNorm(*args, **kwargs)
-    randomize(ref, ours)
-    return ours, ref
-
-
-def assert_same_state(ours: nn.Module, ref: nn.Module) -> None:
-    a, b = ours.state_dict(), ref.state_dict()
-    assert list(a) == list(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
-        torch.testing.assert_close(a[k], b[k])
-
-
-def step(ours: nn.Module, ref: nn.Module, x: torch.Tensor, **tol) -> None:
-    """One forward/backward on both: outputs and the input and parameter gradients.
-
-    The parameters are compared by position, so ``ref`` may be another layer type whose
-    affine holds the same numbers in another shape (the equivalence tests).
-    """
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ours(xa), ref(xb)
-    assert ya.dtype == yb.dtype and ya.shape == yb.shape
-    torch.testing.assert_close(ya, yb, **tol)
-    g = torch.randn_like(yb)
-    ya.backward(g)
-    yb.backward(g)
-    torch.testing.assert_close(xa.grad, xb.grad, **tol)
-    for pa, pb in zip(ours.parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(pa.grad.reshape(pb.shape), pb.grad, **tol)
+GN = (nn.GroupNorm, normtut.GroupNorm)
 
 
 # --- construction -----------------------------------------------------------------------
@@ -105,7 +70,7 @@ def test_groups_not_dividing_channels(num_groups, num_channels):
 @pytest.mark.parametrize("kwargs", [{}, {"bias": False}, {"affine": False}])
 def test_state_dict_both_ways(kwargs):
     torch.manual_seed(0)
-    ours, ref = twins(2, 6, **kwargs)
+    ours, ref = twins(GN, 2, 6, **kwargs)
     fresh = normtut.GroupNorm(2, 6, **kwargs)
     fresh.load_state_dict(ref.state_dict())
     assert_same_state(fresh, ref)
@@ -127,7 +92,7 @@ def test_state_dict_both_ways(kwargs):
 def test_forward_backward_match_torch(shape, num_groups, kwargs):
     """In float64: with two values per group float32 gradients are mostly cancellation noise."""
     torch.manual_seed(0)
-    ours, ref = twins(num_groups, 6, dtype=torch.float64, **kwargs)
+    ours, ref = twins(GN, num_groups, 6, dtype=torch.float64, **kwargs)
     if shape == (3, 6) and num_groups == 6:
         shape = (3, 6, 2)  # (N, C) with one channel per group is one value per group: tested below
     opt_a, opt_b = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (ours, ref)) if ours.affine else (None, None)
@@ -146,7 +111,7 @@ def test_forward_backward_match_torch(shape, num_groups, kwargs):
 @pytest.mark.parametrize("num_groups", [1, 2, 4])
 def test_float32(num_groups):
     torch.manual_seed(0)
-    ours, ref = twins(num_groups, 8)
+    ours, ref = twins(GN, num_groups, 8)
     step(ours, ref, torch.randn(4, 8, 6, 5) * 2 + 1, **F32)
 
 
@@ -159,14 +124,6 @@ def test_functional_matches_torch():
 
 
 # --- exceptions ---------------------------------------------------------------------------
-
-
-def same_error(fa, fb, exc: type[Exception], match: str = ".") -> None:
-    """Ours and torch's raise the same type; ours with a message (matching ``match``)."""
-    with pytest.raises(exc, match=match):
-        fa()
-    with pytest.raises(exc):
-        fb()
 
 
 @pytest.mark.parametrize(
@@ -197,13 +154,13 @@ def test_functional_groups_not_dividing_channels_says_so():
 
 
 def test_module_errors():
-    ours, ref = twins(2, 6)
+    ours, ref = twins(GN, 2, 6)
     for x, exc in [(torch.randn(2, 4, 5), RuntimeError), (torch.randn(6), RuntimeError), (torch.randn(1, 6, 1), None)]:
         if exc is None:  # 6 channels in 2 groups: three values per group, fine
             step(ours, ref, x, **F32)
         else:
             same_error(lambda x=x: ours(x), lambda x=x: ref(x), exc)
-    ours, ref = twins(3, 3)
+    ours, ref = twins(GN, 3, 3)
     x = torch.randn(1, 3)
     same_error(lambda: ours(x), lambda: ref(x), ValueError)
 
@@ -214,35 +171,26 @@ def test_module_errors():
 @pytest.mark.parametrize("shape", [(0, 6, 4), (0, 6), (2, 6, 0), (2, 6, 0, 3)])
 def test_zero_size_inputs(shape):
     torch.manual_seed(0)
-    ours, ref = twins(3, 6)
+    ours, ref = twins(GN, 3, 6)
     if shape[0] == 0:
         step(ours, ref, torch.randn(shape))
         return
     # Known difference: with no spatial values torch's weight gradient is NaN (0 * 1/sqrt(var of
     # nothing)); ours is the sum over no elements, 0. Everything else matches.
     x = torch.randn(shape)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ours(xa), ref(xb)
-    assert ya.shape == yb.shape == x.shape
-    ya.sum().backward()
-    yb.sum().backward()
-    assert xa.grad.shape == xb.grad.shape
+    forward_backward_shapes(ours, ref, x)
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad)
     assert ref.weight.grad.isnan().all() and torch.equal(ours.weight.grad, torch.zeros(6))
 
 
 def test_zero_channels():
-    ours, ref = twins(3, 0)
+    ours, ref = twins(GN, 3, 0)
     step(ours, ref, torch.randn(2, 0, 4))
 
 
 def test_large_offset_is_stable():
     torch.manual_seed(0)
-    x = torch.randn(4, 6, 64) * 0.01 + 1000  # |mean| / std = 1e5: E[x^2] - E[x]^2 fails in float32
-    exact = TF.group_norm(x.double(), 3)
-    ours, theirs = F.group_norm(x, 3), TF.group_norm(x, 3)
-    err_ours, err_torch = (ours - exact).abs().max().item(), (theirs - exact).abs().max().item()
-    assert err_ours < 0.02 and err_ours < 3 * err_torch + 1e-3, (err_ours, err_torch)
+    check_large_offset(F.group_norm, TF.group_norm, 3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -250,23 +198,8 @@ def test_large_offset_is_stable():
 def test_low_precision(dtype, param_dtype):
     """Computed in float32, returned in the input dtype; torch has CPU half/bfloat16 kernels for GN."""
     torch.manual_seed(0)
-    ours, ref = twins(2, 4, dtype=dtype if param_dtype == "same" else torch.float32)
-    ref32 = nn.GroupNorm(2, 4)
-    ref32.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
-    x = torch.randn(3, 4, 5, 6).mul(3).add(2).to(dtype)
-    tol = {"rtol": 2e-3, "atol": 2e-3} if dtype == torch.float16 else {"rtol": 1.6e-2, "atol": 1e-2}
-    xa, xb, x32 = x.clone().requires_grad_(), x.clone().requires_grad_(), x.float().requires_grad_()
-    ya, yb, y32 = ours(xa), ref(xb), ref32(x32)
-    assert ya.dtype == yb.dtype == dtype
-    torch.testing.assert_close(ya, y32.to(dtype), **tol)  # the float32 math, rounded once
-    torch.testing.assert_close(ya, yb, rtol=2 * tol["rtol"], atol=2 * tol["atol"])
-    g = torch.randn(x.shape)
-    ya.backward(g.to(dtype))
-    yb.backward(g.to(dtype))
-    y32.backward(g.to(dtype).float())
-    assert xa.grad.dtype == dtype and ours.weight.grad.dtype == ref.weight.grad.dtype
-    torch.testing.assert_close(xa.grad, x32.grad.to(dtype), **tol)
-    torch.testing.assert_close(ours.weight.grad.float(), ref32.weight.grad, rtol=4 * tol["rtol"], atol=4 * tol["atol"])
+    ours, ref = twins(GN, 2, 4, dtype=dtype if param_dtype == "same" else torch.float32)
+    check_low_precision(ours, ref, nn.GroupNorm(2, 4), dtype)
 
 
 # --- equivalences, checked on torch's layers --------------------------------------------------
@@ -297,14 +230,7 @@ def test_one_group_is_layer_norm_over_channels_and_space(shape):
     with torch.no_grad():
         tln.weight.copy_(gn.weight.reshape(per_channel).expand(rest))
         tln.bias.copy_(gn.bias.reshape(per_channel).expand(rest))
-    x = torch.randn(shape) * 2 + 1
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = gn(xa), tln(xb)
-    torch.testing.assert_close(ya, yb, **F32)
-    g = torch.randn_like(yb)
-    ya.backward(g)
-    yb.backward(g)
-    torch.testing.assert_close(xa.grad, xb.grad, **F32)
+    forward_backward(gn, tln, torch.randn(shape) * 2 + 1, **F32)
     dims = tuple(range(1, len(rest)))  # a per-channel gradient sums the per-element ones
     torch.testing.assert_close(gn.weight.grad, tln.weight.grad.sum(dims), **F32)
     torch.testing.assert_close(gn.bias.grad, tln.bias.grad.sum(dims), **F32)
@@ -331,16 +257,14 @@ def test_hypothesis_matches_torch(n, groups, per_group, spatial, affine, bias, e
         per_group = 2  # one value per group is an error, tested above
     torch.manual_seed(seed)
     C = groups * per_group
-    ours, ref = twins(groups, C, eps=eps, affine=affine, bias=bias, dtype=torch.float64)
+    ours, ref = twins(GN, groups, C, eps=eps, affine=affine, bias=bias, dtype=torch.float64)
     step(ours, ref, torch.randn(n, C, *spatial, dtype=torch.float64) * 3 + 1, **F64)
 
 
 @pytest.mark.parametrize("affine", [True, False])
 def test_gradcheck(affine):
     torch.manual_seed(0)
-    x = torch.randn(2, 6, 4, dtype=torch.float64, requires_grad=True)
-    w = torch.rand(6, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    x, w, b = gradcheck_inputs((2, 6, 4), (6,))
     if affine:
         assert torch.autograd.gradcheck(lambda x, w, b: F.group_norm(x, 3, w, b), (x, w, b))
         assert torch.autograd.gradgradcheck(lambda x, w, b: F.group_norm(x, 3, w, b), (x, w, b))

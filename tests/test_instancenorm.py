@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import collections
-import inspect
 import warnings
+from functools import partial
 
 import pytest
 import torch
@@ -12,6 +12,19 @@ import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from twins import (
+    F32,
+    F64,
+    assert_same_state,
+    check_large_offset,
+    check_low_precision,
+    forward_backward_shapes,
+    gradcheck_inputs,
+    params,
+    same_error,
+    twins,
+)
+from twins import step as twin_step
 
 import normtut
 from normtut import functional as F
@@ -19,48 +32,10 @@ from normtut import functional as F
 DIMS = {1: (nn.InstanceNorm1d, normtut.InstanceNorm1d), 2: (nn.InstanceNorm2d, normtut.InstanceNorm2d),
         3: (nn.InstanceNorm3d, normtut.InstanceNorm3d)}  # fmt: skip
 SPATIAL = {1: (7,), 2: (4, 5), 3: (3, 4, 2)}
-F32 = {"rtol": 1e-4, "atol": 1e-5}
-F64 = {"rtol": 1e-9, "atol": 1e-10}
 
 
-def twins(d: int, *args, **kwargs) -> tuple[nn.Module, nn.Module]:
-    """(ours, torch's) built with the same arguments; a random affine copied into both."""
-    ref, ours = DIMS[d][0](*args, **kwargs), DIMS[d][1](*args, **kwargs)
-    with torch.no_grad():
-        for (name, p), q in zip(ref.named_parameters(), ours.parameters(), strict=True):
-            p.copy_(torch.rand_like(p) + 0.5 if name == "weight" else torch.randn_like(p))
-            q.copy_(p)
-    return ours, ref
-
-
-def params(fn) -> list[tuple[str, object, object]]:
-    """A signature as (name, kind, default), annotations aside."""
-    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
-
-
-def assert_same_state(ours: nn.Module, ref: nn.Module, **tol) -> None:
-    """Same parameter/buffer names, dtypes and values (NaN equal to NaN)."""
-    a, b = ours.state_dict(), ref.state_dict()
-    assert list(a) == list(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype, k
-        torch.testing.assert_close(a[k], b[k], equal_nan=True, **tol)
-
-
-def step(ours: nn.Module, ref: nn.Module, x: torch.Tensor, **tol) -> None:
-    """One forward/backward on both: outputs, input and parameter gradients, buffers."""
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ours(xa), ref(xb)
-    assert ya.dtype == yb.dtype and ya.shape == yb.shape
-    torch.testing.assert_close(ya, yb, **tol)
-    g = torch.randn_like(yb)
-    ya.backward(g)
-    yb.backward(g)
-    torch.testing.assert_close(xa.grad, xb.grad, **tol)
-    for (na, pa), (nb, pb) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
-        assert na == nb
-        torch.testing.assert_close(pa.grad, pb.grad, **tol)
-    assert_same_state(ours, ref, **tol)
+# NaN equals NaN in the state: an empty batch leaves NaN running buffers, in torch too.
+step = partial(twin_step, state=partial(assert_same_state, equal_nan=True))
 
 
 # --- construction -----------------------------------------------------------------------
@@ -74,7 +49,7 @@ def test_signature_defaults_and_repr(d):
                {"eps": 1e-3, "momentum": 0.3, "affine": True, "track_running_stats": True}]:  # fmt: skip
         ours, ref = our_cls(5, **kw), ref_cls(5, **kw)
         assert repr(ours) == repr(ref)
-        assert_same_state(ours, ref)
+        assert_same_state(ours, ref, equal_nan=True)
         assert [n for n, _ in ours.named_buffers()] == [n for n, _ in ref.named_buffers()]
         assert (ours.affine, ours.track_running_stats, ours.momentum, ours.eps) == (
             ref.affine, ref.track_running_stats, ref.momentum, ref.eps)  # fmt: skip
@@ -83,7 +58,7 @@ def test_signature_defaults_and_repr(d):
 def test_factory_kwargs():
     kw = {"affine": True, "track_running_stats": True, "dtype": torch.float64, "device": "cpu"}
     ours, ref = normtut.InstanceNorm2d(3, **kw), nn.InstanceNorm2d(3, **kw)
-    assert_same_state(ours, ref)
+    assert_same_state(ours, ref, equal_nan=True)
     assert ours.weight.dtype == torch.float64 and ours.num_batches_tracked.dtype == torch.long
 
 
@@ -100,7 +75,7 @@ def test_functional_signature():
 @pytest.mark.parametrize("momentum", [0.3, None])
 def test_train_eval_steps_match_torch(d, affine, bias, track, momentum):
     torch.manual_seed(d)
-    ours, ref = twins(d, 4, momentum=momentum, affine=affine, track_running_stats=track, bias=bias)
+    ours, ref = twins(DIMS[d], 4, momentum=momentum, affine=affine, track_running_stats=track, bias=bias)
     opt_a, opt_b = (torch.optim.SGD(m.parameters(), lr=0.1) if affine else None for m in (ours, ref))
     for i, training in enumerate([True, True, False, True, False]):
         ours.train(training)
@@ -112,7 +87,7 @@ def test_train_eval_steps_match_torch(d, affine, bias, track, momentum):
             opt_b.step()
             opt_a.zero_grad()
             opt_b.zero_grad()
-    assert_same_state(ours, ref, **F32)
+    assert_same_state(ours, ref, equal_nan=True, **F32)
     if track:
         assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == 0  # IN never counts
         moved = not torch.equal(ref.running_mean, torch.zeros(4))
@@ -123,7 +98,7 @@ def test_train_eval_steps_match_torch(d, affine, bias, track, momentum):
 @pytest.mark.parametrize("track", [False, True])
 def test_unbatched_input(d, track):
     torch.manual_seed(0)
-    ours, ref = twins(d, 3, affine=True, track_running_stats=track)
+    ours, ref = twins(DIMS[d], 3, affine=True, track_running_stats=track)
     for training in (True, False):
         ours.train(training)
         ref.train(training)
@@ -133,7 +108,7 @@ def test_unbatched_input(d, track):
 def test_tracking_switched_off_after_construction():
     """torch still hands the buffers over (and updates them) when the flag is flipped later."""
     torch.manual_seed(0)
-    ours, ref = twins(2, 3, track_running_stats=True)
+    ours, ref = twins(DIMS[2], 3, track_running_stats=True)
     ours.track_running_stats = ref.track_running_stats = False
     for training in (True, False):
         ours.train(training)
@@ -175,15 +150,15 @@ def test_functional_buffers_of_another_dtype(buffer_dtype):
 @pytest.mark.parametrize("kw", [{}, {"affine": True}, {"affine": True, "bias": False, "track_running_stats": True}])
 def test_state_dict_round_trip_both_ways(kw):
     torch.manual_seed(0)
-    ours, ref = twins(2, 3, **kw)
+    ours, ref = twins(DIMS[2], 3, **kw)
     x = torch.randn(2, 3, 4, 4)
     ref(x)  # moves torch's buffers if tracked
     fresh = normtut.InstanceNorm2d(3, **kw)
     fresh.load_state_dict(ref.state_dict())
-    assert_same_state(fresh, ref)
+    assert_same_state(fresh, ref, equal_nan=True)
     back = nn.InstanceNorm2d(3, **kw)
     back.load_state_dict(fresh.state_dict())
-    assert_same_state(back, ref)
+    assert_same_state(back, ref, equal_nan=True)
     assert ours.state_dict()._metadata == ref.state_dict()._metadata
 
 
@@ -211,7 +186,7 @@ def test_old_checkpoint_running_stats(strict, track):
     if not track:
         assert ra[0] == "RuntimeError" and "Unexpected running stats buffer(s)" in ra[1]  # even with strict=False
     assert list(sd) == ["running_mean", "running_var"]  # the caller's dict is left alone
-    assert_same_state(ours, ref)
+    assert_same_state(ours, ref, equal_nan=True)
 
 
 @pytest.mark.parametrize("strict", [True, False])
@@ -228,17 +203,9 @@ def test_tracked_checkpoint_into_untracked_layer(strict):
 # --- exceptions and warnings --------------------------------------------------------------
 
 
-def same_error(fa, fb, exc: type[Exception]) -> None:
-    with pytest.raises(exc) as ea:
-        fa()
-    with pytest.raises(exc):
-        fb()
-    assert str(ea.value)  # a message that says something
-
-
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_one_value_per_channel_in_training(d):
-    ours, ref = twins(d, 3)
+    ours, ref = twins(DIMS[d], 3)
     x = torch.randn(2, 3, *([1] * d))
     same_error(lambda: ours(x), lambda: ref(x), ValueError)
     same_error(lambda: ours(x[0]), lambda: ref(x[0]), ValueError)  # unbatched
@@ -248,7 +215,7 @@ def test_one_value_per_channel_in_training(d):
 
 
 def test_single_spatial_element_in_eval_with_running_stats():
-    ours, ref = twins(2, 3, track_running_stats=True)
+    ours, ref = twins(DIMS[2], 3, track_running_stats=True)
     step(ours, ref, torch.randn(2, 3, 4, 4), **F32)
     ours.eval()
     ref.eval()
@@ -257,22 +224,22 @@ def test_single_spatial_element_in_eval_with_running_stats():
 
 @pytest.mark.parametrize("d, bad_rank", [(1, 1), (1, 4), (2, 2), (2, 5), (3, 3), (3, 6)])
 def test_wrong_rank(d, bad_rank):
-    ours, ref = twins(d, 3)
+    ours, ref = twins(DIMS[d], 3)
     x = torch.randn(*([3] * bad_rank))
     same_error(lambda: ours(x), lambda: ref(x), ValueError)
 
 
 def test_wrong_channel_count():
-    ours, ref = twins(2, 4, affine=True)
+    ours, ref = twins(DIMS[2], 4, affine=True)
     x = torch.randn(2, 3, 4, 4)
     same_error(lambda: ours(x), lambda: ref(x), ValueError)
-    ours, ref = twins(2, 4)  # without affine, num_features is unused: a warning
+    ours, ref = twins(DIMS[2], 4)  # without affine, num_features is unused: a warning
     with pytest.warns(UserWarning, match="does not match num_features"):
         ya = ours(x)
     with pytest.warns(UserWarning, match="does not match num_features"):
         yb = ref(x)
     torch.testing.assert_close(ya, yb, **F32)
-    ours, ref = twins(2, 4, track_running_stats=True)  # buffers of the wrong length
+    ours, ref = twins(DIMS[2], 4, track_running_stats=True)  # buffers of the wrong length
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         same_error(lambda: ours(x), lambda: ref(x), RuntimeError)
@@ -308,7 +275,7 @@ def test_functional_errors(args, kwargs, exc):
 @pytest.mark.parametrize("track", [False, True])
 def test_zero_size_inputs(shape, track):
     """Outputs, gradients and buffers like torch; an empty batch leaves NaN buffers there too."""
-    ours, ref = twins(1, shape[1], track_running_stats=track)
+    ours, ref = twins(DIMS[1], shape[1], track_running_stats=track)
     step(ours, ref, torch.randn(shape))
 
 
@@ -316,19 +283,14 @@ def test_zero_size_inputs(shape, track):
 def test_zero_size_inputs_with_affine(shape):
     """Known difference: torch's IN with affine=True raises IndexError when N * C = 0 (an indexing
     bug in its kernel, not a check); ours returns the empty output, zero affine gradients."""
-    ours, ref = twins(1, shape[1], affine=True, track_running_stats=True)
+    ours, ref = twins(DIMS[1], shape[1], affine=True, track_running_stats=True)
     x = torch.randn(shape)
     with pytest.raises(IndexError):
         ref(x)
     ref.affine = False  # torch's own empty-input result without the affine (buffers included)
     weight, bias = ref.weight, ref.bias
     ref.weight = ref.bias = None
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ours(xa), ref(xb)
-    assert ya.shape == yb.shape == x.shape
-    ya.sum().backward()
-    yb.sum().backward()
-    assert xa.grad.shape == xb.grad.shape
+    forward_backward_shapes(ours, ref, x)
     torch.testing.assert_close(ours.running_mean, ref.running_mean, equal_nan=True)
     torch.testing.assert_close(ours.running_var, ref.running_var, equal_nan=True)
     assert torch.equal(ours.weight.grad, torch.zeros_like(weight))
@@ -337,11 +299,7 @@ def test_zero_size_inputs_with_affine(shape):
 
 def test_large_offset_is_stable():
     torch.manual_seed(0)
-    x = torch.randn(4, 6, 64) * 0.01 + 1000  # |mean| / std = 1e5: E[x^2] - E[x]^2 fails in float32
-    exact = TF.instance_norm(x.double())
-    ours, theirs = F.instance_norm(x), TF.instance_norm(x)
-    err_ours, err_torch = (ours - exact).abs().max().item(), (theirs - exact).abs().max().item()
-    assert err_ours < 0.02 and err_ours < 3 * err_torch + 1e-3, (err_ours, err_torch)
+    check_large_offset(F.instance_norm, TF.instance_norm)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -350,15 +308,9 @@ def test_low_precision(dtype, param_dtype):
     """Computed in float32, returned in the input dtype; torch has CPU half/bfloat16 kernels for IN."""
     torch.manual_seed(0)
     pdt = dtype if param_dtype == "same" else torch.float32
-    ours, ref = twins(2, 4, affine=True, track_running_stats=True, dtype=pdt)
+    ours, ref = twins(DIMS[2], 4, affine=True, track_running_stats=True, dtype=pdt)
     ref32 = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
-    ref32.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
-    x = torch.randn(3, 4, 5, 6).mul(3).add(2).to(dtype)
-    tol = {"rtol": 2e-3, "atol": 2e-3} if dtype == torch.float16 else {"rtol": 1.6e-2, "atol": 1e-2}
-    ya, yb, y32 = ours(x), ref(x), ref32(x.float())
-    assert ya.dtype == yb.dtype == dtype
-    torch.testing.assert_close(ya, y32.to(dtype), **tol)  # the float32 math, rounded once
-    torch.testing.assert_close(ya, yb, rtol=2 * tol["rtol"], atol=2 * tol["atol"])
+    tol = check_low_precision(ours, ref, ref32, dtype, backward=False)
     for a, b in zip(ours.state_dict().values(), ref32.state_dict().values(), strict=True):
         torch.testing.assert_close(a.float(), b.float(), **tol)
 
@@ -384,7 +336,9 @@ def test_hypothesis_matches_torch(d, n, c, spatial, affine, bias, track, momentu
     if torch.Size(spatial).numel() == 1:
         spatial[0] += 1  # one value per instance is an error, tested above
     torch.manual_seed(seed)
-    ours, ref = twins(d, c, momentum=momentum, affine=affine, track_running_stats=track, bias=bias, dtype=torch.float64)
+    ours, ref = twins(
+        DIMS[d], c, momentum=momentum, affine=affine, track_running_stats=track, bias=bias, dtype=torch.float64
+    )
     for training in (True, False, True):
         ours.train(training)
         ref.train(training)
@@ -395,9 +349,7 @@ def test_hypothesis_matches_torch(d, n, c, spatial, affine, bias, track, momentu
 @pytest.mark.parametrize("use_input_stats", [True, False])
 def test_gradcheck(use_input_stats):
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
-    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    x, w, b = gradcheck_inputs((2, 3, 5), (3,))
     rm, rv = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
 
     def f(x, w, b):

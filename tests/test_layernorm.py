@@ -2,58 +2,29 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 import torch
 import torch.nn.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from twins import (
+    F32,
+    F64,
+    assert_same_state,
+    check_large_offset,
+    check_low_precision,
+    gradcheck_inputs,
+    params,
+    same_error,
+    step,
+    twins,
+)
 
 import normtut
 from normtut import functional as F
 
-F32 = {"rtol": 1e-4, "atol": 1e-5}
-F64 = {"rtol": 1e-9, "atol": 1e-10}
-
-
-def params(fn) -> list[tuple[str, object, object]]:
-    """A signature as (name, kind, default), annotations aside."""
-    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
-
-
-def twins(*args, **kwargs) -> tuple[nn.Module, nn.Module]:
-    """(ours, torch's) built with the same arguments; a random affine copied into both."""
-    ref, ours = nn.LayerNorm(*args, **kwargs), normtut.LayerNorm(*args, **kwargs)
-    with torch.no_grad():
-        for (name, p), q in zip(ref.named_parameters(), ours.parameters(), strict=True):
-            p.copy_(torch.rand_like(p) + 0.5 if name == "weight" else torch.randn_like(p))
-            q.copy_(p)
-    return ours, ref
-
-
-def assert_same_state(ours: nn.Module, ref: nn.Module) -> None:
-    a, b = ours.state_dict(), ref.state_dict()
-    assert list(a) == list(b)
-    for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
-        torch.testing.assert_close(a[k], b[k])
-
-
-def step(ours: nn.Module, ref: nn.Module, x: torch.Tensor, **tol) -> None:
-    """One forward/backward on both: outputs, input and parameter gradients."""
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = ours(xa), ref(xb)
-    assert ya.dtype == yb.dtype and ya.shape == yb.shape
-    torch.testing.assert_close(ya, yb, **tol)
-    g = torch.randn_like(yb)
-    ya.backward(g)
-    yb.backward(g)
-    torch.testing.assert_close(xa.grad, xb.grad, **tol)
-    for (na, pa), (nb, pb) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
-        assert na == nb
-        torch.testing.assert_close(pa.grad, pb.grad, **tol)
+LN = (nn.LayerNorm, normtut.LayerNorm)
 
 
 # --- construction -----------------------------------------------------------------------
@@ -89,7 +60,7 @@ def test_construction_repr_state(args, kwargs):
 @pytest.mark.parametrize("kwargs", [{}, {"bias": False}, {"elementwise_affine": False}])
 def test_state_dict_both_ways(kwargs):
     torch.manual_seed(0)
-    ours, ref = twins([3, 4], **kwargs)
+    ours, ref = twins(LN, [3, 4], **kwargs)
     fresh = normtut.LayerNorm([3, 4], **kwargs)
     fresh.load_state_dict(ref.state_dict())
     assert_same_state(fresh, ref)
@@ -113,7 +84,7 @@ def test_state_dict_both_ways(kwargs):
 @pytest.mark.parametrize("kwargs", [{}, {"bias": False}, {"elementwise_affine": False}, {"eps": 0.1}])
 def test_forward_backward_match_torch(shape, normalized_shape, kwargs):
     torch.manual_seed(0)
-    ours, ref = twins(normalized_shape, **kwargs)
+    ours, ref = twins(LN, normalized_shape, **kwargs)
     affine = ours.weight is not None
     opt_a, opt_b = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (ours, ref)) if affine else (None, None)
     # With one value per sample x_hat = 0 and the true input gradient is 0: ours is exactly 0,
@@ -139,7 +110,7 @@ def test_functional_matches_torch():
 
 def test_train_and_eval_are_the_same():
     torch.manual_seed(0)
-    ours, ref = twins([6])
+    ours, ref = twins(LN, [6])
     x = torch.randn(4, 6)
     ya = ours(x)
     ours.eval()
@@ -151,20 +122,12 @@ def test_train_and_eval_are_the_same():
 # --- exceptions ---------------------------------------------------------------------------
 
 
-def same_error(fa, fb, exc: type[Exception]) -> None:
-    with pytest.raises(exc) as ea:
-        fa()
-    with pytest.raises(exc):
-        fb()
-    assert str(ea.value)
-
-
 MISMATCHED = [((2, 3, 4), [3]), ((2, 3, 4), [4, 3]), ((3, 4), [2, 3, 4]), ((4,), 5)]
 
 
 @pytest.mark.parametrize("shape, normalized_shape", MISMATCHED)
 def test_trailing_shape_mismatch(shape, normalized_shape):
-    ours, ref = twins(normalized_shape)
+    ours, ref = twins(LN, normalized_shape)
     x = torch.randn(shape)
     same_error(lambda: ours(x), lambda: ref(x), RuntimeError)
 
@@ -189,7 +152,7 @@ def test_functional_errors(args, exc):
 
 
 def test_module_weight_of_wrong_shape():
-    ours, ref = twins([4])
+    ours, ref = twins(LN, [4])
     with torch.no_grad():
         ours.weight = nn.Parameter(torch.ones(3))
         ref.weight = nn.Parameter(torch.ones(3))
@@ -205,17 +168,13 @@ EMPTY = [((0, 4), [4]), ((0, 3, 4), [3, 4]), ((2, 0), [0]), ((2, 3, 0), [3, 0])]
 
 @pytest.mark.parametrize("shape, normalized_shape", EMPTY)
 def test_zero_size_inputs(shape, normalized_shape):
-    ours, ref = twins(normalized_shape)
+    ours, ref = twins(LN, normalized_shape)
     step(ours, ref, torch.randn(shape))
 
 
 def test_large_offset_is_stable():
     torch.manual_seed(0)
-    x = torch.randn(4, 6, 64) * 0.01 + 1000  # |mean| / std = 1e5: E[x^2] - E[x]^2 fails in float32
-    exact = TF.layer_norm(x.double(), [6, 64])
-    ours, theirs = F.layer_norm(x, [6, 64]), TF.layer_norm(x, [6, 64])
-    err_ours, err_torch = (ours - exact).abs().max().item(), (theirs - exact).abs().max().item()
-    assert err_ours < 0.02 and err_ours < 3 * err_torch + 1e-3, (err_ours, err_torch)
+    check_large_offset(F.layer_norm, TF.layer_norm, [6, 64])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -223,23 +182,8 @@ def test_large_offset_is_stable():
 def test_low_precision(dtype, param_dtype):
     """Computed in float32, returned in the input dtype; torch has CPU half/bfloat16 kernels for LN."""
     torch.manual_seed(0)
-    ours, ref = twins([5, 6], dtype=dtype if param_dtype == "same" else torch.float32)
-    ref32 = nn.LayerNorm([5, 6])
-    ref32.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
-    x = torch.randn(3, 4, 5, 6).mul(3).add(2).to(dtype)
-    tol = {"rtol": 2e-3, "atol": 2e-3} if dtype == torch.float16 else {"rtol": 1.6e-2, "atol": 1e-2}
-    xa, xb, x32 = x.clone().requires_grad_(), x.clone().requires_grad_(), x.float().requires_grad_()
-    ya, yb, y32 = ours(xa), ref(xb), ref32(x32)
-    assert ya.dtype == yb.dtype == dtype
-    torch.testing.assert_close(ya, y32.to(dtype), **tol)  # the float32 math, rounded once
-    torch.testing.assert_close(ya, yb, rtol=2 * tol["rtol"], atol=2 * tol["atol"])
-    g = torch.randn(x.shape)
-    ya.backward(g.to(dtype))
-    yb.backward(g.to(dtype))
-    y32.backward(g.to(dtype).float())
-    assert xa.grad.dtype == dtype and ours.weight.grad.dtype == ref.weight.grad.dtype
-    torch.testing.assert_close(xa.grad, x32.grad.to(dtype), **tol)
-    torch.testing.assert_close(ours.weight.grad.float(), ref32.weight.grad, rtol=4 * tol["rtol"], atol=4 * tol["atol"])
+    ours, ref = twins(LN, [5, 6], dtype=dtype if param_dtype == "same" else torch.float32)
+    check_low_precision(ours, ref, nn.LayerNorm([5, 6]), dtype)
 
 
 # --- properties and gradients ---------------------------------------------------------------
@@ -262,16 +206,14 @@ def test_hypothesis_matches_torch(shape, k, elementwise_affine, bias, eps, as_in
         normalized_shape = normalized_shape[0]
     torch.manual_seed(seed)
     kw = {"eps": eps, "elementwise_affine": elementwise_affine, "bias": bias, "dtype": torch.float64}
-    ours, ref = twins(normalized_shape, **kw)
+    ours, ref = twins(LN, normalized_shape, **kw)
     step(ours, ref, torch.randn(shape, dtype=torch.float64) * 3 + 1, **F64)
 
 
 @pytest.mark.parametrize("affine", [True, False])
 def test_gradcheck(affine):
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
-    w = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    x, w, b = gradcheck_inputs((2, 3, 4), (3, 4))
     if affine:
         assert torch.autograd.gradcheck(lambda x, w, b: F.layer_norm(x, [3, 4], w, b), (x, w, b))
         assert torch.autograd.gradgradcheck(lambda x, w, b: F.layer_norm(x, [3, 4], w, b), (x, w, b))

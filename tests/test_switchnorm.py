@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from twins import forward_backward
 
 from normtut import SwitchableNorm2d
 
@@ -72,14 +73,7 @@ def test_one_hot_matches_torch_in_train_and_eval(branch):
     ref = torch_twin(branch, C).double()
     randomize_affine(sn, ref)
     for step in range(4):  # several steps, so the running buffers are exercised
-        x1 = batch(C=C)
-        x2 = x1.detach().clone().requires_grad_()
-        y1, y2 = sn(x1), ref(x2)
-        torch.testing.assert_close(y1, y2, **TOL)
-        g = torch.randn_like(y1)
-        y1.backward(g)
-        y2.backward(g)
-        torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+        forward_backward(sn, ref, batch(C=C).detach(), **TOL)
         torch.testing.assert_close(sn.weight.grad, ref.weight.grad, **TOL)
         torch.testing.assert_close(sn.bias.grad, ref.bias.grad, **TOL)
         for m in (sn, ref):
