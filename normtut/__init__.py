@@ -10,6 +10,7 @@ from .frozen import FrozenBatchNorm2d, freeze_batchnorm
 from .groupnorm import GroupNorm
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .layernorm import LayerNorm
+from .models import LeNet
 from .switchnorm import SwitchableNorm2d
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "freeze_batchnorm",
     "SwitchableNorm2d",
     "get_norm_layer",
+    "LeNet",
 ]

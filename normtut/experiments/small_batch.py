@@ -1,0 +1,454 @@
+"""Small batches: BatchNorm's test error climbs as the batch shrinks, GroupNorm's does not.
+
+The Group Normalization paper (Wu & He, ECCV 2018, Figure 1) shows it for ResNet-50 on
+ImageNet; here it is seed 002's LeNet on scikit-learn's 8x8 digits (bundled, no download),
+small enough for a laptop CPU. As in the paper, every batch size trains for the same number
+of epochs with a learning rate scaled linearly with the batch size, lr = base_lr * B / 32
+(then annealed along a cosine to 0), and the test error is measured in eval mode, i.e.
+with BatchNorm's running statistics.
+
+Every run is deterministic: ``torch.manual_seed(seed)`` before the model is built, a
+``torch.Generator`` seeded with ``seed`` for the shuffling, and one CPU thread
+(``torch.set_num_threads(1)`` while training: the steps are tiny, so more threads only add
+overhead, and the summation order, hence every bit of the result, no longer depends on the
+machine's core count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import statistics
+import sys
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .. import functional as F
+from ..batchnorm import _BatchNorm
+from ..models import NORMS, LeNet
+from ..sn_digits import load_digits_tensors
+
+BATCHNORMS = (_BatchNorm, nn.modules.batchnorm._BatchNorm)  # normtut's and torch's
+NORM_NAMES = tuple(NORMS)  # none, bn, gn, ln, in, sn
+BATCH_SIZES = (2, 4, 8, 16, 32)
+SEEDS = (0, 1, 2)
+EPOCHS = 5
+BASE_LR = 0.05  # at batch size 32
+N_TEST = 357  # leaves 1440 = 45 * 32 training images: every batch size sees all of them each epoch
+
+# Wu & He (2018), Figure 1: ResNet-50 on ImageNet, validation error (%) by images per GPU.
+PAPER_ERROR = {
+    "bn": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
+    "gn": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
+}
+
+
+@dataclass(frozen=True)
+class Digits:
+    """A fixed train/test split of sklearn's digits: images [N, 1, 8, 8] in [0, 1], labels [N]."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+@dataclass
+class Result:
+    """One trained model's test error (%, eval mode); ``model`` is kept for inspection, not written out."""
+
+    norm: str
+    batch_size: int
+    seed: int
+    test_error: float
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with torch.set_num_threads(1), then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def load_data() -> Digits:
+    """sklearn's 1797 digits, split once (split seed 0) into 1440 training and 357 test images."""
+    return Digits(*load_digits_tensors(n_test=N_TEST, seed=0))
+
+
+def build_model(norm: str, seed: int, **lenet_options) -> LeNet:
+    """LeNet for 8x8 digits with ``norm`` everywhere, ReLU activations, weights drawn from ``seed``.
+
+    ReLU, not the seed's sigmoid: with sigmoids the GN and LN networks ended between 6 and
+    92 % test error after 5 epochs (BN's 1.1 to 2.2 % at B = 8 and 32); ``activation=nn.Sigmoid``
+    in ``lenet_options`` repeats that. Other options go to ``LeNet`` (e.g. ``norm1d``).
+    """
+    torch.manual_seed(seed)
+    return LeNet(norm, in_size=8, **{"activation": nn.ReLU, **lenet_options})
+
+
+def set_momentum(model: nn.Module, momentum: float | None) -> None:
+    """Set ``momentum`` of every layer with running statistics (None, a cumulative average, is BatchNorm's only)."""
+    for m in model.modules():
+        if getattr(m, "running_mean", None) is None:
+            continue
+        if momentum is None and not isinstance(m, BATCHNORMS):
+            raise ValueError(
+                f"momentum=None (a cumulative average) is BatchNorm's; {type(m).__name__} needs a number"
+            )
+        m.momentum = momentum
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Digits,
+    batch_size: int,
+    generator: torch.Generator,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> float:
+    """One pass over the shuffled training set in batches of ``batch_size``; returns the mean loss.
+
+    A last batch smaller than ``batch_size`` is dropped (with the default split there is none).
+    """
+    model.train()
+    order = torch.randperm(len(data.y_train), generator=generator)
+    total, steps = 0.0, 0
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        batch = order[start : start + batch_size]
+        loss = nn.functional.cross_entropy(model(data.x_train[batch]), data.y_train[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item()
+        steps += 1
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: Tensor, y: Tensor, batch_stats: Collection[str] = (), batch_size: int = 2
+) -> float:
+    """Error in percent. By default in eval mode: every norm layer on its running statistics.
+
+    ``batch_stats`` names norm layers (e.g. LeNet's '1', '5', '10', '13') that use the
+    statistics of the test batch instead, as in training: the input is then fed in batches
+    of ``batch_size`` (a smaller last batch is dropped). The model itself is not changed.
+    """
+    model = copy.deepcopy(model).eval()  # train mode would update the running statistics
+    if not batch_stats:
+        return (model(x).argmax(1) != y).double().mean().item() * 100  # % wrong
+    modules = dict(model.named_modules())
+    for name in batch_stats:
+        modules[name].train()  # this layer normalizes with the statistics of its batch
+    keep = len(y) - len(y) % batch_size
+    if keep == 0:
+        raise ValueError(
+            f"nothing to evaluate: {len(y)} samples make no batch of batch_size={batch_size}"
+        )
+    logits = torch.cat([model(xb) for xb in x[:keep].split(batch_size)])
+    return (logits.argmax(1) != y[:keep]).double().mean().item() * 100
+
+
+def _with_batch_stats(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose norm layers normalize with batch statistics, as in training."""
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if getattr(m, "running_mean", None) is not None:
+            m.train()
+    return model
+
+
+@torch.no_grad()
+def normalized(model: nn.Module, x: Tensor, name: str, batch_size: int | None = None) -> Tensor:
+    """x_hat, the values BatchNorm layer ``name`` normalizes its input to (before its affine), for inputs ``x``.
+
+    ``batch_size=None``: eval mode, the running statistics (as at test time). Otherwise every
+    norm layer uses the statistics of batches of ``batch_size`` (as in training; a smaller
+    last batch is dropped). The model is not changed.
+    """
+    model = copy.deepcopy(model).eval() if batch_size is None else _with_batch_stats(model)
+    layer = dict(model.named_modules())[name]
+    inputs: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda module, args, output: inputs.append(args[0]))
+    if batch_size is None:
+        model(x)
+        handle.remove()
+        return F.batch_norm(
+            inputs[0], layer.running_mean, layer.running_var, eps=layer.eps
+        )  # (h - running) / ...
+    keep = len(x) - len(x) % batch_size
+    for xb in x[:keep].split(batch_size):
+        model(xb)
+    handle.remove()
+    return torch.cat(
+        [F.batch_norm(h, None, None, training=True, eps=layer.eps) for h in inputs]
+    )  # batch stats
+
+
+@torch.no_grad()
+def partner_predictions(model: nn.Module, x: Tensor, index: int) -> Tensor:
+    """The class predicted for ``x[index]`` in a batch of two with each other sample, with batch statistics.
+
+    Returns one prediction per partner (len(x) - 1): in training at B = 2 what the network
+    sees of an image depends on the image that shares its batch.
+    """
+    model = _with_batch_stats(model)
+    partners = [j for j in range(len(x)) if j != index]
+    return torch.stack([model(torch.stack([x[index], x[j]]))[0].argmax() for j in partners])
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, x: Tensor, batch_size: int | None = None) -> nn.Module:
+    """A copy of ``model`` with its BatchNorm running statistics re-estimated on ``x`` ("precise BN").
+
+    The buffers are reset, then every batch of ``batch_size`` (default: all of ``x`` at
+    once) counts equally (momentum None, a cumulative average). Only BatchNorm layers change.
+    """
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, BATCHNORMS):
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+    for xb in x.split(batch_size or len(x)):
+        model(xb)
+    return model.eval()
+
+
+def train_model(
+    norm: str,
+    batch_size: int,
+    seed: int,
+    data: Digits,
+    epochs: int = EPOCHS,
+    base_lr: float = BASE_LR,
+    momentum: float | None = 0.1,
+    on_epoch: Callable[[int], None] | None = None,
+    **lenet_options,
+) -> LeNet:
+    """Train ``build_model(norm, seed, **lenet_options)`` for ``epochs``; return it in eval mode.
+
+    SGD with momentum 0.9 from lr = base_lr * B / 32, annealed to 0 along a cosine over all
+    steps (the last epochs settle the weights, so the final error is not one noisy step's).
+    ``momentum`` is the norm layers' running-statistics momentum (not the optimizer's).
+    ``on_epoch(steps)`` is called after each epoch with the number of steps it took.
+    """
+    steps_per_epoch = len(data.y_train) // batch_size
+    if batch_size < 2 or steps_per_epoch == 0:
+        raise ValueError(f"batch_size must be between 2 and {len(data.y_train)}, got {batch_size}")
+    with one_thread():
+        model = build_model(norm, seed, **lenet_options)
+        set_momentum(model, momentum)
+        lr = base_lr * batch_size / 32  # linear scaling rule, as in the GN paper
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        generator = torch.Generator().manual_seed(seed)
+        # lr_t = lr * (1 + cos(pi * t / T)) / 2 at step t of T: from lr down to 0 at the last step
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=epochs * steps_per_epoch
+        )
+        for _ in range(epochs):
+            train_epoch(model, optimizer, data, batch_size, generator, scheduler)
+            if on_epoch is not None:
+                on_epoch(steps_per_epoch)
+    return model.eval()
+
+
+def run(
+    norms: Sequence[str] = ("bn", "gn"),
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    seeds: Sequence[int] = SEEDS,
+    epochs: int = EPOCHS,
+    base_lr: float = BASE_LR,
+    momentum: float | None = 0.1,
+    progress: bool = False,
+    data: Digits | None = None,
+) -> list[Result]:
+    """Train one model per (norm, batch size, seed); return their test errors (and the models).
+
+    ``progress`` shows a tqdm bar of training steps on stderr.
+    """
+    for norm in norms:
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}; valid names: {', '.join(NORM_NAMES)}")
+    for b in batch_sizes:
+        if b < 2:
+            raise ValueError(
+                f"batch sizes must be at least 2 (BatchNorm needs two samples), got {b}"
+            )
+    data = load_data() if data is None else data
+    total = len(norms) * len(seeds) * epochs * sum(len(data.y_train) // b for b in batch_sizes)
+    results = []
+    with tqdm(
+        total=total, unit="step", file=sys.stderr, disable=not progress, dynamic_ncols=True
+    ) as bar:
+        for norm in norms:
+            for batch_size in batch_sizes:
+                for seed in seeds:
+                    bar.set_description(f"{norm} B={batch_size} seed={seed}")
+                    model = train_model(
+                        norm, batch_size, seed, data, epochs, base_lr, momentum, bar.update
+                    )
+                    error = evaluate(model, data.x_test, data.y_test)
+                    results.append(Result(norm, batch_size, seed, error, model))
+    return results
+
+
+def summarize(results: Sequence[Result]) -> dict[tuple[str, int], tuple[float, float]]:
+    """(norm, batch size) -> (mean, sample standard deviation) of the test error over seeds."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in results:
+        groups.setdefault((r.norm, r.batch_size), []).append(r.test_error)
+    return {
+        key: (statistics.mean(errors), statistics.stdev(errors) if len(errors) > 1 else 0.0)
+        for key, errors in groups.items()
+    }
+
+
+def results_table(results: Sequence[Result]) -> str:
+    """Test error (%) as a text table: one row per norm, one column per batch size, mean ± sd over seeds."""
+    summary = summarize(results)
+    norms = list(dict.fromkeys(r.norm for r in results))
+    sizes = sorted({r.batch_size for r in results})
+    seeds = sorted({r.seed for r in results})
+    with_sd = len(seeds) > 1
+    width = 14 if with_sd else 7
+    lines = [
+        f"test error (%), mean{' ± sd' if with_sd else ''} over seeds {', '.join(map(str, seeds))}"
+    ]
+    lines.append("norm " + "".join(f"{'B=' + str(b):>{width}}" for b in sizes))
+    for norm in norms:
+        cells = []
+        for b in sizes:
+            if (norm, b) not in summary:
+                cells.append(f"{'-':>{width}}")
+                continue
+            mean, sd = summary[norm, b]
+            cell = f"{mean:.1f} ± {sd:.1f}" if with_sd else f"{mean:.1f}"
+            cells.append(f"{cell:>{width}}")
+        lines.append(f"{norm:<5}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def write_csv(results: Sequence[Result], path: str | Path) -> None:
+    """Write ``norm,batch_size,seed,test_error`` rows (test error in percent, eval mode)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["norm", "batch_size", "seed", "test_error"])
+        for r in results:
+            writer.writerow([r.norm, r.batch_size, r.seed, f"{r.test_error:.4f}"])
+
+
+def plot(results: Sequence[Result]):
+    """Test error against batch size per norm (mean over seeds), beside the GN paper's Figure 1."""
+    import matplotlib.pyplot as plt
+
+    summary = summarize(results)
+    fig, (ours, paper) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for norm in dict.fromkeys(r.norm for r in results):
+        sizes = sorted(b for n, b in summary if n == norm)
+        ours.plot(sizes, [summary[norm, b][0] for b in sizes], marker="o", label=norm)
+    for norm, errors in PAPER_ERROR.items():
+        sizes = sorted(errors)
+        paper.plot(sizes, [errors[b] for b in sizes], marker="o", label=norm)
+    for ax, title in (
+        (ours, "LeNet, sklearn digits (this run)"),
+        (paper, "ResNet-50, ImageNet (Wu & He 2018)"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(BATCH_SIZES, [str(b) for b in BATCH_SIZES])
+        ax.invert_xaxis()  # the paper's orientation: the batch shrinks to the right
+        ax.set_xlabel("batch size (images per GPU in the paper)")
+        ax.set_ylabel("test error (%)")
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m normtut.experiments small-batch``."""
+    parser.add_argument(
+        "--norms",
+        nargs="+",
+        default=["bn", "gn"],
+        choices=NORM_NAMES,
+        metavar="NORM",
+        help=f"norms to compare, from: {' '.join(NORM_NAMES)} (default: bn gn)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=int,
+        default=list(BATCH_SIZES),
+        metavar="B",
+        help="batch sizes (default: 2 4 8 16 32)",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=list(SEEDS),
+        metavar="S",
+        help="seeds for the initial weights and the shuffling (default: 0 1 2)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=EPOCHS,
+        help=f"epochs for every batch size (default: {EPOCHS})",
+    )
+    parser.add_argument(
+        "--base-lr",
+        type=float,
+        default=BASE_LR,
+        help=f"SGD learning rate at batch size 32; lr = base_lr * B / 32 (default: {BASE_LR})",
+    )
+    parser.add_argument(
+        "--momentum",
+        type=float,
+        default=0.1,
+        help="running-statistics momentum of the norm layers (default: 0.1, PyTorch's)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write the results to this CSV file")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is also off when stderr is not a terminal)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the experiment from parsed arguments: progress on stderr, the table on stdout, optional CSV."""
+    if args.epochs < 1:
+        raise SystemExit("small-batch: --epochs must be at least 1")
+    if min(args.batch_sizes) < 2:
+        raise SystemExit(
+            "small-batch: every batch size must be at least 2 (BatchNorm needs two samples)"
+        )
+    progress = not args.no_progress and sys.stderr.isatty()
+    results = run(
+        args.norms, args.batch_sizes, args.seeds, args.epochs, args.base_lr, args.momentum, progress
+    )
+    print(
+        f"LeNet on sklearn's digits ({N_TEST} test images), {args.epochs} epochs for every batch size B\n"
+        f"SGD, lr = {args.base_lr} * B / 32 annealed to 0; norm layers' momentum {args.momentum}"
+    )
+    print(results_table(results))
+    if args.out is not None:
+        write_csv(results, args.out)
+        print(f"wrote {args.out}")
+    return 0

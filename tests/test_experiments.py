@@ -1,0 +1,321 @@
+"""The small-batch experiment: its command line, its CSV, determinism, evaluation, and the effect itself."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+
+import matplotlib
+import pytest
+import torch
+from torch import nn
+
+from normtut.experiments import small_batch as sb
+from normtut.experiments.__main__ import main
+from normtut.models import NORM_SLOTS, SwitchableNorm1d
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def data() -> sb.Digits:
+    return sb.load_data()
+
+
+def read_csv(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["norm", "batch_size", "seed", "test_error"]
+        return list(reader)
+
+
+def test_data_split_is_fixed(data):
+    assert data.x_train.shape == (1440, 1, 8, 8) and data.x_test.shape == (357, 1, 8, 8)
+    assert set(data.y_train.tolist()) == set(range(10)) == set(data.y_test.tolist())
+    again = sb.load_data()
+    assert torch.equal(again.x_train, data.x_train) and torch.equal(again.y_test, data.y_test)
+
+
+def test_cli_writes_a_well_formed_csv_and_table(tmp_path, capsys, data):
+    out = tmp_path / "results.csv"
+    args = [
+        "small-batch",
+        "--norms",
+        "bn",
+        "gn",
+        "--batch-sizes",
+        "16",
+        "32",
+        "--seeds",
+        "0",
+        "1",
+        "--epochs",
+        "1",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # stderr is not a terminal here: no progress bar
+    rows = read_csv(out)
+    keys = [(r["norm"], int(r["batch_size"]), int(r["seed"])) for r in rows]
+    assert keys == list(itertools.product(["bn", "gn"], [16, 32], [0, 1]))
+    for r in rows:
+        error = float(r["test_error"])
+        wrong = error / 100 * len(data.y_test)
+        assert (
+            0 <= error <= 100 and abs(wrong - round(wrong)) < 1e-3
+        )  # a whole number of the 357 test images
+    # The table's cells are the mean and sample sd of the CSV's errors.
+    lines = captured.out.splitlines()
+    header = next(line for line in lines if line.startswith("norm "))
+    assert header.split() == ["norm", "B=16", "B=32"]
+    for norm in ("bn", "gn"):
+        cells = next(line for line in lines if line.startswith(norm + " ")).split()[1:]
+        for b, cell in zip((16, 32), (cells[0:3], cells[3:6]), strict=True):
+            errors = [
+                float(r["test_error"])
+                for r in rows
+                if r["norm"] == norm and int(r["batch_size"]) == b
+            ]
+            assert cell == [
+                f"{statistics.mean(errors):.1f}",
+                "±",
+                f"{statistics.stdev(errors):.1f}",
+            ]
+    assert f"wrote {out}" in captured.out
+
+
+def test_cli_as_a_new_user_runs_it(tmp_path, data):
+    """``python -m normtut.experiments`` in a fresh process: clean stderr, and the same numbers as in-process."""
+    out = tmp_path / "r.csv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "normtut.experiments",
+        "small-batch",
+        "--norms",
+        "ln",
+        "--batch-sizes",
+        "32",
+    ]
+    proc = subprocess.run(
+        [*cmd, "--seeds", "3", "--epochs", "2", "--out", str(out)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and "test error (%)" in proc.stdout
+    (row,) = read_csv(out)
+    model = sb.train_model("ln", 32, 3, data, epochs=2)
+    assert row["test_error"] == f"{sb.evaluate(model, data.x_test, data.y_test):.4f}"
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["small-batch", "--norms", "batchnorm"])
+    with pytest.raises(SystemExit, match="at least 2"):
+        main(["small-batch", "--batch-sizes", "1", "4"])
+    with pytest.raises(SystemExit, match="at least 1"):
+        main(["small-batch", "--epochs", "0"])
+    with pytest.raises(SystemExit):
+        main([])  # no experiment named
+    capsys.readouterr()
+
+
+def test_progress_bar_goes_to_stderr_and_can_be_switched_off(monkeypatch, capsys):
+    args = ["small-batch", "--norms", "gn", "--batch-sizes", "32", "--seeds", "0", "--epochs", "1"]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as in a terminal
+    main(args)
+    captured = capsys.readouterr()
+    assert "step" in captured.err and "step" not in captured.out
+    main([*args, "--no-progress"])
+    assert capsys.readouterr().err == ""
+
+
+def test_a_run_is_deterministic_and_keeps_the_thread_count(data):
+    torch.set_num_threads(2)
+    try:
+        a = sb.train_model("bn", 16, 5, data, epochs=1)
+        assert torch.get_num_threads() == 2  # one thread while training, then restored
+        b = sb.train_model("bn", 16, 5, data, epochs=1)
+        c = sb.train_model("bn", 16, 6, data, epochs=1)
+    finally:
+        torch.set_num_threads(1)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+    assert not torch.equal(a[0].weight, c[0].weight)
+
+
+def test_learning_rate_is_scaled_linearly_and_annealed(data):
+    """lr = base_lr * B / 32, then a cosine down to 0: after one epoch of T steps the lr is 0 (torch's scheduler)."""
+    seen = []
+    model = sb.train_model("gn", 8, 0, data, epochs=1, base_lr=0.4, on_epoch=seen.append)
+    assert seen == [1440 // 8]
+    torch.manual_seed(0)
+    ref = sb.build_model("gn", 0)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.4 * 8 / 32, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=180)
+    gen = torch.Generator().manual_seed(0)
+    ref.train()
+    with sb.one_thread():
+        for batch in torch.randperm(1440, generator=gen).split(8):
+            opt.zero_grad()
+            nn.functional.cross_entropy(ref(data.x_train[batch]), data.y_train[batch]).backward()
+            opt.step()
+            sched.step()
+    for (k, x), y in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=k)
+
+
+def test_evaluate_against_plain_torch(data):
+    torch.manual_seed(0)
+    model = sb.build_model(
+        "bn", 0, norm2d=nn.BatchNorm2d, norm1d=nn.BatchNorm1d
+    )  # torch's own layers
+    model.train()
+    for xb in data.x_train[:64].split(8):  # move the running statistics off their start
+        model(xb)
+    before = copy.deepcopy(model.state_dict())
+    x, y = data.x_test[:101], data.y_test[:101]
+    with torch.no_grad():
+        expected_eval = (model.eval()(x).argmax(1) != y).double().mean().item() * 100
+        ref = copy.deepcopy(model).train()
+        logits = torch.cat([ref(xb) for xb in x[:100].split(4)])
+        expected_batch = (logits.argmax(1) != y[:100]).double().mean().item() * 100
+    assert sb.evaluate(model, x, y) == expected_eval
+    assert sb.evaluate(model, x, y, batch_stats=NORM_SLOTS, batch_size=4) == expected_batch
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # evaluate changed nothing
+    with pytest.raises(ValueError, match="no batch"):
+        sb.evaluate(model, x[:1], y[:1], batch_stats=["1"])
+
+
+def test_set_momentum(data):
+    model = sb.build_model("bn", 0)
+    sb.set_momentum(model, None)
+    assert [model[int(n)].momentum for n in NORM_SLOTS] == [None] * 4
+    sn = sb.build_model("sn", 0)
+    assert isinstance(sn[10], SwitchableNorm1d)
+    sb.set_momentum(sn, 0.01)
+    assert sn[10].momentum == 0.01 and sn[1].momentum == 0.01
+    with pytest.raises(ValueError, match="BatchNorm's"):
+        sb.set_momentum(sn, None)
+    with pytest.raises(ValueError, match="batch_size must be between 2"):
+        sb.train_model("bn", 1, 0, data)
+
+
+def test_table_csv_and_plot_from_given_results(tmp_path):
+    results = [
+        sb.Result("bn", b, s, e)
+        for b, s, e in [(2, 0, 50.0), (2, 1, 60.0), (32, 0, 2.0), (32, 1, 3.0)]
+    ]
+    results.append(sb.Result("gn", 2, 0, 4.0))
+    table = sb.results_table(results)
+    assert "55.0 ± 7.1" in table and "2.5 ± 0.7" in table  # mean, sample sd of (50, 60) and (2, 3)
+    gn_row = next(line for line in table.splitlines() if line.startswith("gn"))
+    assert gn_row.split() == ["gn", "4.0", "±", "0.0", "-"]  # one seed, no B=32 run
+    sb.write_csv(results, tmp_path / "r.csv")
+    assert [r["test_error"] for r in read_csv(tmp_path / "r.csv")] == [
+        "50.0000",
+        "60.0000",
+        "2.0000",
+        "3.0000",
+        "4.0000",
+    ]
+    fig = sb.plot(results)
+    ours, paper = fig.axes
+    assert [len(line.get_xdata()) for line in ours.lines] == [2, 1]
+    assert [list(line.get_ydata()) for line in paper.lines] == [
+        [sb.PAPER_ERROR[n][b] for b in (2, 4, 8, 16, 32)] for n in ("bn", "gn")
+    ]
+
+
+def test_batchnorm_fails_at_batch_size_two_and_groupnorm_does_not(data):
+    """The effect in seconds: one epoch at B = 2. BN after the linear layers is what breaks."""
+    bn = sb.evaluate(sb.train_model("bn", 2, 0, data, epochs=1), data.x_test, data.y_test)
+    gn = sb.evaluate(sb.train_model("gn", 2, 0, data, epochs=1), data.x_test, data.y_test)
+    conv_only = sb.evaluate(
+        sb.train_model("bn", 2, 0, data, epochs=1, norm1d=nn.Identity), data.x_test, data.y_test
+    )
+    assert bn > 40 and gn < 15 and conv_only < 15
+
+
+@pytest.mark.skipif(
+    not os.environ.get("NORMTUT_SLOW"), reason="about a minute; set NORMTUT_SLOW=1 to run"
+)
+def test_the_default_trend_holds_for_every_seed(data):
+    results = sb.run(("bn", "gn"), (2, 32), sb.SEEDS, sb.EPOCHS, data=data)
+    error = {(r.norm, r.batch_size, r.seed): r.test_error for r in results}
+    for seed in sb.SEEDS:
+        assert error["bn", 2, seed] > error["gn", 2, seed] + 20
+        assert error["bn", 2, seed] > error["bn", 32, seed] + 20
+        assert error["bn", 32, seed] <= error["gn", 32, seed]
+
+
+@pytest.fixture(scope="module")
+def torch_bn_model(data) -> nn.Module:
+    """A briefly trained LeNet built from torch's own BatchNorm layers."""
+    torch.manual_seed(0)
+    model = sb.build_model("bn", 0, norm2d=nn.BatchNorm2d, norm1d=nn.BatchNorm1d)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    for batch in torch.arange(160).split(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(data.x_train[batch]), data.y_train[batch]).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["5", "10"])
+def test_normalized_against_torch(data, torch_bn_model, name):
+    model, x = torch_bn_model, data.x_test[:21]
+    layer, prefix = model[int(name)], model[: int(name)]  # the Sequential up to the layer's input
+    before = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        h = prefix.eval()(x)
+        expected_eval = nn.functional.batch_norm(
+            h, layer.running_mean, layer.running_var, eps=layer.eps
+        )
+        train_twin = copy.deepcopy(model).train()  # every BN layer on batch statistics
+        hs = [train_twin[: int(name)](xb) for xb in x[:20].split(2)]
+        expected_train = torch.cat(
+            [nn.functional.batch_norm(hb, None, None, training=True) for hb in hs]
+        )
+    torch.testing.assert_close(sb.normalized(model, x, name), expected_eval)
+    torch.testing.assert_close(sb.normalized(model, x, name, batch_size=2), expected_train)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    if name == "10":  # a BatchNorm1d on two samples: every feature is +-1 (just under, by eps)
+        values = sb.normalized(model, x, name, batch_size=2)
+        assert (values.abs() <= 1).all()
+        torch.testing.assert_close(
+            values[0::2], -values[1::2], rtol=0, atol=1e-4
+        )  # float32 rounding
+
+
+def test_partner_predictions_against_torch(data, torch_bn_model):
+    x = data.x_test[:9]
+    preds = sb.partner_predictions(torch_bn_model, x, 3)
+    twin = copy.deepcopy(torch_bn_model).train()
+    with torch.no_grad():
+        expected = [twin(torch.stack([x[3], x[j]]))[0].argmax().item() for j in range(9) if j != 3]
+    assert preds.tolist() == expected
+
+
+def test_recalibrate_gives_the_population_statistics(data, torch_bn_model):
+    x = data.x_train[:200]
+    model = sb.recalibrate(torch_bn_model, x)
+    with torch.no_grad():
+        h = copy.deepcopy(torch_bn_model).train()[:10](
+            x
+        )  # layer '10' sees this while every BN uses batch stats
+    var, mean = torch.var_mean(h, dim=0, unbiased=True)  # running_var is unbiased
+    torch.testing.assert_close(model[10].running_mean, mean)
+    torch.testing.assert_close(model[10].running_var, var)
+    in_pairs = sb.recalibrate(torch_bn_model, x, batch_size=2)
+    torch.testing.assert_close(
+        in_pairs[1].running_mean, model[1].running_mean
+    )  # the mean of equal-size batch means
+    assert not torch.equal(
+        torch_bn_model[10].running_mean, model[10].running_mean
+    )  # the original is untouched
