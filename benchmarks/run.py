@@ -68,8 +68,12 @@ def main() -> int:
         ratio = t_ours / t_torch
         flag = "" if ratio <= TIME_TARGET and mem <= MEMORY_TARGET else "  <-- target missed"
         ok &= not flag
-        print(f"{name:26s} {t_torch * 1e3:9.2f} {t_ours * 1e3:11.2f} {ratio:6.1f} {mem:12.1f}{flag}")
-    print(f"targets: time ratio <= {TIME_TARGET}, saved/input <= {MEMORY_TARGET}: {'met' if ok else 'MISSED'}")
+        print(
+            f"{name:26s} {t_torch * 1e3:9.2f} {t_ours * 1e3:11.2f} {ratio:6.1f} {mem:12.1f}{flag}"
+        )
+    print(
+        f"targets: time ratio <= {TIME_TARGET}, saved/input <= {MEMORY_TARGET}: {'met' if ok else 'MISSED'}"
+    )
     return 0 if ok else 1
 
 

@@ -74,7 +74,9 @@ class _NormBase(nn.Module):
             if key not in state_dict:
                 nbt = self.num_batches_tracked
                 state_dict[key] = (
-                    nbt if nbt is not None and nbt.device != torch.device("meta") else torch.tensor(0, dtype=torch.long)
+                    nbt
+                    if nbt is not None and nbt.device != torch.device("meta")
+                    else torch.tensor(0, dtype=torch.long)
                 )
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
@@ -96,7 +98,9 @@ class _BatchNorm(_NormBase):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)

@@ -16,7 +16,9 @@ def verify_batch_size(size: Sequence[int]) -> None:
     for s in size[2:]:
         values_per_channel *= s
     if values_per_channel == 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {size}"
+        )
 
 
 def verify_spatial_size(size: Sequence[int]) -> None:
@@ -24,12 +26,16 @@ def verify_spatial_size(size: Sequence[int]) -> None:
     for s in size[2:]:
         spatial *= s
     if spatial == 1:
-        raise ValueError(f"Expected more than 1 spatial element when training, got input size {size}")
+        raise ValueError(
+            f"Expected more than 1 spatial element when training, got input size {size}"
+        )
 
 
 def check_length(name: str, t: Tensor | None, expected: int, what: str = "channel") -> None:
     if t is not None and t.numel() != expected:
-        raise RuntimeError(f"{name} should contain {expected} elements (one per {what}), not {t.numel()}")
+        raise RuntimeError(
+            f"{name} should contain {expected} elements (one per {what}), not {t.numel()}"
+        )
 
 
 def compute_dtype(fn: str, input: Tensor, *others: Tensor | None) -> torch.dtype:
@@ -75,13 +81,22 @@ def batch_norm_args(input, running_mean, running_var, weight, bias, training, ep
     check_eps("batch_norm", eps, training)
     if input.numel() == 0:
         return
-    if input.dim() < 2:  # torch then sees C = 0: a RuntimeError, unless nothing per-channel is checked
-        nothing_checked = training and all(t is None for t in (running_mean, running_var, weight, bias))
+    if (
+        input.dim() < 2
+    ):  # torch then sees C = 0: a RuntimeError, unless nothing per-channel is checked
+        nothing_checked = training and all(
+            t is None for t in (running_mean, running_var, weight, bias)
+        )
         raise (IndexError if nothing_checked else RuntimeError)(
             f"batch_norm expects an input of shape (N, C, *), got a {input.dim()}-D tensor of shape {list(input.shape)}"
         )
     C = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
         check_length(name, t, C)
     if not training:
         if running_mean is None:
@@ -91,8 +106,12 @@ def batch_norm_args(input, running_mean, running_var, weight, bias, training, ep
     elif (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     for name, t in (("running_mean", running_mean), ("running_var", running_var)):
-        if t is not None and t.dim() != 1:  # weight and bias may have any shape, the buffers may not
-            raise RuntimeError(f"{name} must be a 1-D tensor of {C} values, got shape {list(t.shape)}")
+        if (
+            t is not None and t.dim() != 1
+        ):  # weight and bias may have any shape, the buffers may not
+            raise RuntimeError(
+                f"{name} must be a 1-D tensor of {C} values, got shape {list(t.shape)}"
+            )
 
 
 def instance_norm_args(input, running_mean, running_var, weight, bias, use_input_stats) -> None:
@@ -101,11 +120,18 @@ def instance_norm_args(input, running_mean, running_var, weight, bias, use_input
         verify_spatial_size(input.shape)
     require_channels("instance_norm", input)
     if not use_input_stats and (running_mean is None or running_var is None):
-        raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
+        raise RuntimeError(
+            "Expected running_mean and running_var to be defined when use_input_stats is false"
+        )
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     C = input.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
         check_length(name, t, C)
 
 
@@ -133,7 +159,9 @@ def layer_norm_args(input, normalized_shape: list[int], weight, bias) -> None:
 def group_norm_args(input, num_groups: int, weight, bias) -> None:
     """Raise what torch raises for arguments group_norm cannot use."""
     if input.dim() < 2:
-        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+        raise RuntimeError(
+            f"Expected at least 2 dimensions for input tensor but received {input.dim()}"
+        )
     N, C = input.shape[:2]
     verify_batch_size([N * C // num_groups, num_groups, *input.shape[2:]])
     if num_groups <= 0:

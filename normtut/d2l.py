@@ -85,6 +85,13 @@ class BatchNorm(nn.Module):
         # BUG: moving_var and moving_mean passed in swapped order
         # (the function expects the mean first).
         Y, self.moving_mean, self.moving_var = batch_norm(
-            self.training, X, self.gamma, self.beta, self.moving_var, self.moving_mean, eps=1e-5, momentum=0.9
+            self.training,
+            X,
+            self.gamma,
+            self.beta,
+            self.moving_var,
+            self.moving_mean,
+            eps=1e-5,
+            momentum=0.9,
         )
         return Y

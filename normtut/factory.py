@@ -54,4 +54,6 @@ def get_norm_layer(norm_type: str = "instance") -> Callable[[int], nn.Module]:
         return functools.partial(SwitchableNorm2d)
     if norm_type == "none":
         return functools.partial(nn.Identity)  # nn.Identity(*args) accepts and ignores C
-    raise NotImplementedError(f"normalization layer [{norm_type}] is not found; valid names: {', '.join(NORM_TYPES)}")
+    raise NotImplementedError(
+        f"normalization layer [{norm_type}] is not found; valid names: {', '.join(NORM_TYPES)}"
+    )

@@ -71,13 +71,20 @@ def cube_faces(shared: np.ndarray) -> tuple[list[np.ndarray], list[bool]]:
             flags.append(bool(shared[ni, 0, k]))
     for ci in range(c):  # top side: the last position
         for ni in range(n):
-            quads.append(np.array([[ci, ni, hw], [ci + 1, ni, hw], [ci + 1, ni + 1, hw], [ci, ni + 1, hw]]))
+            quads.append(
+                np.array([[ci, ni, hw], [ci + 1, ni, hw], [ci + 1, ni + 1, hw], [ci, ni + 1, hw]])
+            )
             flags.append(bool(shared[ni, ci, hw - 1]))
     return quads, flags
 
 
 def norm_cubes(
-    methods: Sequence[str] = METHODS, n: int = 6, c: int = 6, hw: int = 6, groups: int = 3, ncols: int = 4
+    methods: Sequence[str] = METHODS,
+    n: int = 6,
+    c: int = 6,
+    hw: int = 6,
+    groups: int = 3,
+    ncols: int = 4,
 ) -> Figure:
     """One cube [N, C, H*W] per method, with the values that share sample 0, channel 0's statistics shaded.
 
@@ -91,7 +98,9 @@ def norm_cubes(
         ax = fig.add_subplot(nrows, ncols, i + 1, projection="3d")
         quads, flags = cube_faces(shared_block(method, n, c, hw, groups))
         colors = [SHARED_COLOR if f else OTHER_COLOR for f in flags]
-        ax.add_collection3d(Poly3DCollection(quads, facecolors=colors, edgecolors=EDGE_COLOR, linewidths=0.5))
+        ax.add_collection3d(
+            Poly3DCollection(quads, facecolors=colors, edgecolors=EDGE_COLOR, linewidths=0.5)
+        )
         ax.set_xlim(0, c)
         ax.set_ylim(0, n)
         ax.set_zlim(0, hw)

@@ -39,7 +39,9 @@ def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     that is large next to a std of 0.01.
     """
     mean = x.mean(dim=tuple(dims), keepdim=True)  # mu = 1/n sum x
-    mean = mean + (x - mean).mean(dim=tuple(dims), keepdim=True)  # mu += 1/n sum (x - mu): zero but for rounding
+    mean = mean + (x - mean).mean(
+        dim=tuple(dims), keepdim=True
+    )  # mu += 1/n sum (x - mu): zero but for rounding
     var = ((x - mean) ** 2).mean(dim=tuple(dims), keepdim=True)  # s2 = 1/n sum (x - mu)^2
     return mean, var
 
@@ -49,7 +51,9 @@ def normalize(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
     return (x - mean) / torch.sqrt(var + eps)
 
 
-def affine(x_hat: Tensor, weight: Tensor | None, bias: Tensor | None, shape: Sequence[int]) -> Tensor:
+def affine(
+    x_hat: Tensor, weight: Tensor | None, bias: Tensor | None, shape: Sequence[int]
+) -> Tensor:
     """y = x_hat * weight + bias, with weight and bias viewed as ``shape`` to broadcast."""
     if weight is not None:
         x_hat = x_hat * weight.reshape(shape)
@@ -97,8 +101,12 @@ def batch_norm(
     running buffers normalize. Same signature and semantics as ``F.batch_norm``.
     """
     checks.batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
-    if input.numel() == 0:  # as in torch: an empty input comes back as an (empty) copy, buffers stay
-        out = input.clone() if weight is None else input * weight[0]  # weight[0], bias[0] keep the graph
+    if (
+        input.numel() == 0
+    ):  # as in torch: an empty input comes back as an (empty) copy, buffers stay
+        out = (
+            input.clone() if weight is None else input * weight[0]
+        )  # weight[0], bias[0] keep the graph
         return out if bias is None else out + bias[0]
     C = input.shape[1]
     dtype = checks.compute_dtype("batch_norm", input, running_mean, running_var, weight, bias)
@@ -200,7 +208,9 @@ def group_norm(
     grouped = x.reshape(N, num_groups, C // num_groups, *x.shape[2:])  # [N, G, C/G, *spatial]
     mean, var = moments(grouped, range(2, grouped.dim()))  # GN: (C/G, *spatial) in each group
     y = normalize(grouped, mean, var, eps).reshape(x.shape)
-    return affine(y, _cast(weight, dtype), _cast(bias, dtype), _channel_shape(input)).to(input.dtype)
+    return affine(y, _cast(weight, dtype), _cast(bias, dtype), _channel_shape(input)).to(
+        input.dtype
+    )
 
 
 def _channel_shape(input: Tensor) -> tuple[int, ...]:

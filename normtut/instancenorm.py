@@ -29,7 +29,9 @@ class _InstanceNorm(_NormBase):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
 
     def _get_no_batch_dim(self) -> int:
         """The rank of an input without its batch axis, e.g. 3 for (C, H, W)."""
@@ -40,7 +42,9 @@ class _InstanceNorm(_NormBase):
         if input.dim() not in (rank, rank + 1):
             raise ValueError(f"expected {rank}D or {rank + 1}D input (got {input.dim()}D input)")
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # Checkpoints from before PyTorch 0.4 stored running stats even when not tracked.
         version = local_metadata.get("version", None)
         if version is None and not self.track_running_stats:
@@ -57,7 +61,9 @@ class _InstanceNorm(_NormBase):
                 )
                 for key in keys:
                     state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)

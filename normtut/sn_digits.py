@@ -66,7 +66,9 @@ def train_switchable_digits(
         return acc
 
     def mixtures() -> Tensor:
-        return torch.stack([torch.stack(m.mixture_weights()) for m in norms]).detach()  # [layers, 2, 3]
+        return torch.stack(
+            [torch.stack(m.mixture_weights()) for m in norms]
+        ).detach()  # [layers, 2, 3]
 
     history = {"loss": [], "test_accuracy": [accuracy()], "mixtures": [mixtures()]}
     for _ in range(epochs):
@@ -89,7 +91,9 @@ def plot_mixtures(mixtures: Tensor, steps_per_epoch: int | None = None) -> Figur
     import matplotlib.pyplot as plt
 
     n_layers = mixtures.shape[1]
-    fig, axes = plt.subplots(n_layers, 2, figsize=(9, 2.6 * n_layers), sharex=True, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        n_layers, 2, figsize=(9, 2.6 * n_layers), sharex=True, sharey=True, squeeze=False
+    )
     for layer in range(n_layers):
         for col, stat in enumerate(("mean", "variance")):
             ax = axes[layer, col]

@@ -13,10 +13,16 @@ import torch
 from torch import nn
 
 
-def register_affine(module: nn.Module, shape: int | Sequence[int], affine: bool, bias: bool, **factory) -> None:
+def register_affine(
+    module: nn.Module, shape: int | Sequence[int], affine: bool, bias: bool, **factory
+) -> None:
     """``weight`` (gamma) and ``bias`` (beta) as Parameters of ``shape``, or None where disabled."""
-    module.register_parameter("weight", nn.Parameter(torch.empty(shape, **factory)) if affine else None)
-    module.register_parameter("bias", nn.Parameter(torch.empty(shape, **factory)) if affine and bias else None)
+    module.register_parameter(
+        "weight", nn.Parameter(torch.empty(shape, **factory)) if affine else None
+    )
+    module.register_parameter(
+        "bias", nn.Parameter(torch.empty(shape, **factory)) if affine and bias else None
+    )
 
 
 def reset_affine(module: nn.Module, gamma: float = 1.0) -> None:
@@ -27,12 +33,18 @@ def reset_affine(module: nn.Module, gamma: float = 1.0) -> None:
         nn.init.zeros_(module.bias)
 
 
-def register_running_stats(module: nn.Module, num_features: int, track: bool, device=None, dtype=None) -> None:
+def register_running_stats(
+    module: nn.Module, num_features: int, track: bool, device=None, dtype=None
+) -> None:
     """``running_mean``, ``running_var`` (per channel) and ``num_batches_tracked``, or None if not tracked."""
     if track:
-        module.register_buffer("running_mean", torch.zeros(num_features, device=device, dtype=dtype))
+        module.register_buffer(
+            "running_mean", torch.zeros(num_features, device=device, dtype=dtype)
+        )
         module.register_buffer("running_var", torch.ones(num_features, device=device, dtype=dtype))
-        module.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        module.register_buffer(
+            "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+        )
     else:
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             module.register_buffer(name, None)

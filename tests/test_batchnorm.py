@@ -23,15 +23,27 @@ DIMS = {1: (nn.BatchNorm1d, normtut.BatchNorm1d), 2: (nn.BatchNorm2d, normtut.Ba
         3: (nn.BatchNorm3d, normtut.BatchNorm3d)}  # fmt: skip
 SPATIAL = {1: (5,), 2: (3, 4), 3: (2, 3, 2)}
 F64 = {"rtol": 1e-9, "atol": 1e-9}
-AFFINE = {"affine": {"affine": True}, "no-bias": {"affine": True, "bias": False}, "none": {"affine": False}}
-TORCH = SimpleNamespace(BatchNorm1d=nn.BatchNorm1d, BatchNorm2d=nn.BatchNorm2d, BatchNorm3d=nn.BatchNorm3d)
+AFFINE = {
+    "affine": {"affine": True},
+    "no-bias": {"affine": True, "bias": False},
+    "none": {"affine": False},
+}
+TORCH = SimpleNamespace(
+    BatchNorm1d=nn.BatchNorm1d, BatchNorm2d=nn.BatchNorm2d, BatchNorm3d=nn.BatchNorm3d
+)
 OURS = SimpleNamespace(
-    BatchNorm1d=normtut.BatchNorm1d, BatchNorm2d=normtut.BatchNorm2d, BatchNorm3d=normtut.BatchNorm3d
+    BatchNorm1d=normtut.BatchNorm1d,
+    BatchNorm2d=normtut.BatchNorm2d,
+    BatchNorm3d=normtut.BatchNorm3d,
 )
 
 
 def batch(
-    d: int, n: int, c: int, dtype: torch.dtype = torch.float64, spatial: tuple[int, ...] | None = None
+    d: int,
+    n: int,
+    c: int,
+    dtype: torch.dtype = torch.float64,
+    spatial: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """A random (N, C, *spatial) input, shifted and scaled per channel so that the statistics matter."""
     spatial = SPATIAL[d] if spatial is None else spatial
@@ -51,7 +63,9 @@ def assert_same_slots(ours: nn.Module, ref: nn.Module, **tol) -> None:
             a, b = slots_a[k], slots_b[k]
             assert (a is None) == (b is None), k
             if b is not None:
-                assert a.dtype == b.dtype and a.shape == b.shape and a.requires_grad == b.requires_grad, k
+                assert (
+                    a.dtype == b.dtype and a.shape == b.shape and a.requires_grad == b.requires_grad
+                ), k
                 torch.testing.assert_close(a, b, equal_nan=True, **tol)
 
 
@@ -83,7 +97,9 @@ CONFIGS = [
 def test_signature(d):
     assert params(DIMS[d][1]) == params(DIMS[d][0])
     assert inspect.signature(DIMS[d][1]).parameters["bias"].kind is inspect.Parameter.KEYWORD_ONLY
-    for lib in DIMS[d]:  # bias is keyword-only in both: as the 8th positional argument it is refused
+    for lib in DIMS[
+        d
+    ]:  # bias is keyword-only in both: as the 8th positional argument it is refused
         with pytest.raises(TypeError):
             lib(3, 1e-5, 0.1, True, True, None, None, False)
 
@@ -106,7 +122,9 @@ def test_construction_matches_torch(d, config):
 def test_positional_arguments_and_repr_values():
     args = (5, 1e-3, None, False, False)
     assert repr(normtut.BatchNorm2d(*args)) == repr(nn.BatchNorm2d(*args))
-    assert repr(normtut.BatchNorm3d(4, momentum=0.25, bias=False)) == repr(nn.BatchNorm3d(4, momentum=0.25, bias=False))
+    assert repr(normtut.BatchNorm3d(4, momentum=0.25, bias=False)) == repr(
+        nn.BatchNorm3d(4, momentum=0.25, bias=False)
+    )
     seq_ours, seq_ref = nn.Sequential(normtut.BatchNorm1d(3)), nn.Sequential(nn.BatchNorm1d(3))
     assert repr(seq_ours) == repr(seq_ref)
 
@@ -144,7 +162,14 @@ MODES = ["train", "train", "eval", "train", "eval", "train"]
 def test_steps_match_torch(d, momentum, affine, track, flip):
     """Six steps; with "flipped", track_running_stats is toggled on the built layers before step 3."""
     torch.manual_seed(d)
-    ours, ref = twins(DIMS[d], 4, momentum=momentum, track_running_stats=track, dtype=torch.float64, **AFFINE[affine])
+    ours, ref = twins(
+        DIMS[d],
+        4,
+        momentum=momentum,
+        track_running_stats=track,
+        dtype=torch.float64,
+        **AFFINE[affine],
+    )
     for i, mode in enumerate(MODES):
         if flip and i == 3:
             ours.track_running_stats = ref.track_running_stats = not track
@@ -156,7 +181,9 @@ def test_steps_match_torch(d, momentum, affine, track, flip):
 @st.composite
 def scenarios(draw):
     d = draw(st.sampled_from([1, 2, 3]))
-    rank = {1: draw(st.sampled_from([0, 1])), 2: 2, 3: 3}[d]  # BatchNorm1d takes (N, C) and (N, C, L)
+    rank = {1: draw(st.sampled_from([0, 1])), 2: 2, 3: 3}[
+        d
+    ]  # BatchNorm1d takes (N, C) and (N, C, L)
     return {
         "d": d,
         "c": draw(st.integers(1, 4)),
@@ -166,7 +193,9 @@ def scenarios(draw):
         "eps": draw(st.sampled_from([1e-5, 1e-3, 0.5])),
         "affine": draw(st.sampled_from(list(AFFINE))),
         "track": draw(st.booleans()),
-        "actions": draw(st.lists(st.sampled_from(["train", "eval", "flip"]), min_size=1, max_size=7)),
+        "actions": draw(
+            st.lists(st.sampled_from(["train", "eval", "flip"]), min_size=1, max_size=7)
+        ),
         "seed": draw(st.integers(0, 2**31 - 1)),
     }
 
@@ -176,7 +205,12 @@ def scenarios(draw):
 def test_random_scenarios_match_torch(s):
     """Random shapes (batch sizes 0 and 1 included), flags and sequences of train/eval/flip steps."""
     torch.manual_seed(s["seed"])
-    kw = {"momentum": s["momentum"], "eps": s["eps"], "track_running_stats": s["track"], **AFFINE[s["affine"]]}
+    kw = {
+        "momentum": s["momentum"],
+        "eps": s["eps"],
+        "track_running_stats": s["track"],
+        **AFFINE[s["affine"]],
+    }
     ours, ref = twins(DIMS[s["d"]], s["c"], dtype=torch.float64, **kw)
     for action in s["actions"]:
         if action == "flip":
@@ -250,14 +284,24 @@ def test_old_checkpoint_without_num_batches_tracked(how, trained_destination, wr
     prefix = "1." if wrapped else ""
     if wrapped:
         source = nn.Sequential(nn.Identity(), source)
-        dst_ours, dst_ref = nn.Sequential(nn.Identity(), dst_ours), nn.Sequential(nn.Identity(), dst_ref)
+        dst_ours, dst_ref = (
+            nn.Sequential(nn.Identity(), dst_ours),
+            nn.Sequential(nn.Identity(), dst_ref),
+        )
     sd = old_checkpoint(source.state_dict(), prefix, how)
     r_ref = dst_ref.load_state_dict(copy.deepcopy(sd))
     r_ours = dst_ours.load_state_dict(copy.deepcopy(sd))
-    assert r_ours.missing_keys == r_ref.missing_keys == [] and r_ours.unexpected_keys == r_ref.unexpected_keys == []
-    assert_same_slots(dst_ours[-1] if wrapped else dst_ours, dst_ref[-1] if wrapped else dst_ref, rtol=0, atol=0)
+    assert (
+        r_ours.missing_keys == r_ref.missing_keys == []
+        and r_ours.unexpected_keys == r_ref.unexpected_keys == []
+    )
+    assert_same_slots(
+        dst_ours[-1] if wrapped else dst_ours, dst_ref[-1] if wrapped else dst_ref, rtol=0, atol=0
+    )
     ref_bn = dst_ref[-1] if wrapped else dst_ref
-    assert int(ref_bn.num_batches_tracked) == (2 if trained_destination else 0)  # the counter was not in sd
+    assert int(ref_bn.num_batches_tracked) == (
+        2 if trained_destination else 0
+    )  # the counter was not in sd
 
 
 def test_old_checkpoint_into_meta_layer():
@@ -283,7 +327,9 @@ def test_version_2_checkpoint_missing_num_batches_tracked_is_an_error():
         with pytest.raises(RuntimeError) as e:
             lib(3).load_state_dict(copy.deepcopy(sd))
         errors.append(e.value)
-        assert lib(3).load_state_dict(copy.deepcopy(sd), strict=False).missing_keys == ["num_batches_tracked"]
+        assert lib(3).load_state_dict(copy.deepcopy(sd), strict=False).missing_keys == [
+            "num_batches_tracked"
+        ]
     assert "num_batches_tracked" in str(errors[1])
 
 
@@ -367,7 +413,9 @@ def test_one_value_per_channel_message_is_torchs(shape):
             lib(shape[1])(torch.randn(shape))
         msgs.append(str(e.value))
     assert msgs[1] == msgs[0]
-    assert msgs[1].startswith("Expected more than 1 value per channel when training, got input size")
+    assert msgs[1].startswith(
+        "Expected more than 1 value per channel when training, got input size"
+    )
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])
@@ -403,7 +451,9 @@ def test_zero_size_batch(d, momentum, affine):
     torch.testing.assert_close(ours.running_var, before["running_var"], rtol=0, atol=0)
     ours.train()
     ref.train()
-    step(ours, ref, batch(d, 4, 3), **F64)  # with momentum=None the next batch weighs 1/4, as in torch
+    step(
+        ours, ref, batch(d, 4, 3), **F64
+    )  # with momentum=None the next batch weighs 1/4, as in torch
 
 
 @pytest.mark.parametrize("shape", [(4, 0), (4, 0, 5), (4, 3, 0), (2, 3, 0, 4)])
@@ -428,11 +478,15 @@ def test_large_offset_float32(d):
     dims = [0, *range(2, x.dim())]
     ya, yb = ours(x), ref(x)
     x64 = x.double()  # the exact answer for these float32 values, from float64 torch
-    exact = (x64 - x64.mean(dims, keepdim=True)) / torch.sqrt(x64.var(dims, correction=0, keepdim=True) + 1e-5)
+    exact = (x64 - x64.mean(dims, keepdim=True)) / torch.sqrt(
+        x64.var(dims, correction=0, keepdim=True) + 1e-5
+    )
     exact = exact * ref.weight.double().reshape(1, 4, *[1] * (x.dim() - 2))
     exact = exact + ref.bias.double().reshape(1, 4, *[1] * (x.dim() - 2))
     err_ours, err_ref = (ya - exact).abs().max().item(), (yb - exact).abs().max().item()
-    assert err_ours < 0.01 and err_ref < 0.05  # of outputs of size ~1: a few float32 ulps of 1000 / 0.01
+    assert (
+        err_ours < 0.01 and err_ref < 0.05
+    )  # of outputs of size ~1: a few float32 ulps of 1000 / 0.01
     torch.testing.assert_close(ya, yb, rtol=0, atol=0.05)
     torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=1e-6, atol=0)
@@ -474,27 +528,42 @@ def test_low_precision_inputs(dtype, module_dtype, d):
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = ours(xa), ref(xb)
         assert ya.dtype == yb.dtype == dtype and torch.isfinite(ya).all()
-        assert ((ya.double() - exact).abs() <= eps * (exact.abs() + 1)).all()  # one rounding to the output dtype
+        assert (
+            (ya.double() - exact).abs() <= eps * (exact.abs() + 1)
+        ).all()  # one rounding to the output dtype
         g = torch.randn_like(yb)
         for y, t in ((ya, g), (yb, g), (exact, g.double())):
             y.backward(t)
         assert xa.grad.dtype == xb.grad.dtype == dtype
-        torch.testing.assert_close(xa.grad.double(), x64.grad, rtol=2 * eps, atol=2 * eps * x64.grad.abs().max())
-        torch.testing.assert_close(xa.grad, xb.grad, rtol=4 * eps, atol=4 * eps * x64.grad.abs().max())
+        torch.testing.assert_close(
+            xa.grad.double(), x64.grad, rtol=2 * eps, atol=2 * eps * x64.grad.abs().max()
+        )
+        torch.testing.assert_close(
+            xa.grad, xb.grad, rtol=4 * eps, atol=4 * eps * x64.grad.abs().max()
+        )
         for pa, pb, p64 in ((ours.weight, ref.weight, w64), (ours.bias, ref.bias, b64)):
             assert pa.grad.dtype == pb.grad.dtype == pb.dtype
             torch.testing.assert_close(pa.grad.double(), p64.grad, rtol=2 * eps, atol=1e-3)
         # buffers (float64 F.batch_norm updated its copies in place): one rounding from exact
         for ba, bb, exact_b in zip(
-            (ours.running_mean, ours.running_var), (ref.running_mean, ref.running_var), buffers, strict=True
+            (ours.running_mean, ours.running_var),
+            (ref.running_mean, ref.running_var),
+            buffers,
+            strict=True,
         ):
             assert ba.dtype == bb.dtype
-            if ba.dtype in LOW:  # rounded once: within half a unit in the last place (plus float32 noise)
+            if (
+                ba.dtype in LOW
+            ):  # rounded once: within half a unit in the last place (plus float32 noise)
                 ulp = 2.0 ** torch.floor(torch.log2(exact_b.abs())) * torch.finfo(ba.dtype).eps
                 assert ((ba.double() - exact_b).abs() <= 0.5 * ulp + 1e-6 * exact_b.abs()).all()
             else:  # float32 buffers: the float32 sums round too
-                torch.testing.assert_close(ba.double(), exact_b, rtol=8 * torch.finfo(ba.dtype).eps, atol=0)
-            torch.testing.assert_close(ba, bb, rtol=32 * torch.finfo(ba.dtype).eps, atol=0)  # torch's rounds more
+                torch.testing.assert_close(
+                    ba.double(), exact_b, rtol=8 * torch.finfo(ba.dtype).eps, atol=0
+                )
+            torch.testing.assert_close(
+                ba, bb, rtol=32 * torch.finfo(ba.dtype).eps, atol=0
+            )  # torch's rounds more
         assert torch.equal(ours.num_batches_tracked, ref.num_batches_tracked)
         if module_dtype == "same" and mode == "train":
             # torch 2.13 rounds the batch mean to the module's dtype before it normalizes: a 300 is
@@ -504,7 +573,9 @@ def test_low_precision_inputs(dtype, module_dtype, d):
             mean, std = x.double().mean(dims), x.double().var(dims, correction=0).sqrt()
             delta = (mean - mean.to(dtype).double()).abs() / std
             tol = 2 * eps * (exact.abs().max() + 1)
-            shift = delta.reshape(1, 4, *[1] * d) * ref.weight.double().abs().reshape(1, 4, *[1] * d)
+            shift = delta.reshape(1, 4, *[1] * d) * ref.weight.double().abs().reshape(
+                1, 4, *[1] * d
+            )
             assert ((ya.double() - yb.double()).abs() <= shift + tol).all()
             gw_gap = (ours.weight.grad.double() - ref.weight.grad.double()).abs()
             assert (gw_gap <= delta * b64.grad.abs() + 2 * eps * w64.grad.abs() + 1e-2).all()
@@ -528,11 +599,19 @@ def test_inside_sequential_with_sgd():
 
     def model(lib) -> nn.Sequential:
         head = [copy.deepcopy(lin), lib.BatchNorm1d(3), nn.ReLU(), nn.Unflatten(1, (3, 1, 1))]
-        return nn.Sequential(*head, nn.Upsample(scale_factor=4), copy.deepcopy(conv), lib.BatchNorm2d(2, momentum=None))
+        return nn.Sequential(
+            *head,
+            nn.Upsample(scale_factor=4),
+            copy.deepcopy(conv),
+            lib.BatchNorm2d(2, momentum=None),
+        )
 
     ref, ours = model(TORCH), model(OURS)
     assert list(ours.state_dict()) == list(ref.state_dict())
-    opt_ours, opt_ref = torch.optim.SGD(ours.parameters(), lr=0.1), torch.optim.SGD(ref.parameters(), lr=0.1)
+    opt_ours, opt_ref = (
+        torch.optim.SGD(ours.parameters(), lr=0.1),
+        torch.optim.SGD(ref.parameters(), lr=0.1),
+    )
     for i in range(5):
         x = torch.randn(6, 5)
         for model in (ours, ref):

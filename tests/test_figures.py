@@ -37,7 +37,9 @@ def test_shared_block_is_what_torch_couples(method, anchor):
     nudged[anchor[0], anchor[1], 1, 2] += 1.0
     with torch.no_grad():
         changed = (layer(nudged) != layer(x)).reshape(N, C, H * W).numpy()
-    np.testing.assert_array_equal(shared_block(method, N, C, H * W, groups=G, anchor=anchor), changed)
+    np.testing.assert_array_equal(
+        shared_block(method, N, C, H * W, groups=G, anchor=anchor), changed
+    )
 
 
 def test_shared_block_rejects_bad_arguments():

@@ -46,7 +46,12 @@ def test_everything_is_a_buffer_and_nothing_moves():
     torch.manual_seed(0)
     frozen = FrozenBatchNorm2d(3)
     assert list(frozen.parameters()) == []
-    assert [n for n, _ in frozen.named_buffers()] == ["weight", "bias", "running_mean", "running_var"]
+    assert [n for n, _ in frozen.named_buffers()] == [
+        "weight",
+        "bias",
+        "running_mean",
+        "running_var",
+    ]
     ref = nn.BatchNorm2d(3)  # defaults agree with a fresh BatchNorm2d
     for name in ("weight", "bias", "running_mean", "running_var"):
         assert torch.equal(getattr(frozen, name), getattr(ref, name))
@@ -81,7 +86,9 @@ class Block(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(C, C, 3, padding=1)
         self.bn = normtut.BatchNorm2d(C)
-        self.branches = nn.ModuleList([nn.Sequential(nn.Conv2d(C, C, 1), nn.BatchNorm2d(C)) for _ in range(2)])
+        self.branches = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(C, C, 1), nn.BatchNorm2d(C)) for _ in range(2)]
+        )
         self.extra = nn.ModuleDict({"norm": nn.BatchNorm2d(C, affine=False)})
 
     def forward(self, x):
@@ -139,7 +146,11 @@ def test_freeze_convnet_outputs_buffers_and_parameters():
     assert _count(model, nn.BatchNorm1d) == 1  # not a BatchNorm2d: left alone
     assert sum(p.numel() for p in model.parameters()) == n_params - bn2d_params
     frozen_layers = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
-    assert all(not isinstance(b, nn.Parameter) and not b.requires_grad for m in frozen_layers for b in m.buffers())
+    assert all(
+        not isinstance(b, nn.Parameter) and not b.requires_grad
+        for m in frozen_layers
+        for b in m.buffers()
+    )
 
     # In eval mode: same output as the eval-mode original.
     x = torch.randn(3, 3, 8, 8)
@@ -150,7 +161,9 @@ def test_freeze_convnet_outputs_buffers_and_parameters():
     # with the original where only the BatchNorm1d trains (batch statistics).
     model.train()
     reference[-1].train()
-    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("8.")}  # 8: the BN1d
+    before = {
+        k: v.clone() for k, v in model.state_dict().items() if not k.startswith("8.")
+    }  # 8: the BN1d
     torch.testing.assert_close(model(x), reference(x))
     for k, v in before.items():
         assert torch.equal(model.state_dict()[k], v), k
@@ -160,9 +173,17 @@ def test_frozen_state_matches_original_and_state_dicts_load():
     original = _trained_convnet()
     model = freeze_batchnorm(_trained_convnet())
     sd, osd = model.state_dict(), original.state_dict()
-    no_affine = {"3.0.extra.norm.weight", "3.0.extra.norm.bias", "5.bias"}  # affine=False, bias=False
+    no_affine = {
+        "3.0.extra.norm.weight",
+        "3.0.extra.norm.bias",
+        "5.bias",
+    }  # affine=False, bias=False
     assert no_affine.isdisjoint(osd)
-    assert set(sd) == {k for k in osd if not k.endswith("num_batches_tracked") or k.startswith("8.")} | no_affine
+    assert (
+        set(sd)
+        == {k for k in osd if not k.endswith("num_batches_tracked") or k.startswith("8.")}
+        | no_affine
+    )
     for k in sd:
         if k in osd:
             assert torch.equal(sd[k], osd[k]), k
@@ -204,7 +225,9 @@ def test_dtype_and_shared_layers():
 
 
 def test_track_running_stats_false_is_refused_and_nothing_changes():
-    model = nn.Sequential(nn.BatchNorm2d(3), nn.Sequential(nn.BatchNorm2d(3, track_running_stats=False)))
+    model = nn.Sequential(
+        nn.BatchNorm2d(3), nn.Sequential(nn.BatchNorm2d(3, track_running_stats=False))
+    )
     with pytest.raises(ValueError, match="track_running_stats=False"):
         freeze_batchnorm(model)
     assert _count(model, FrozenBatchNorm2d) == 0  # checked before any replacement

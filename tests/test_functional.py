@@ -24,7 +24,9 @@ F64 = {"rtol": 1e-9, "atol": 1e-9}
 @st.composite
 def tensors_and_dims(draw):
     shape = draw(st.lists(st.integers(1, 5), min_size=1, max_size=4))
-    dims = draw(st.lists(st.integers(0, len(shape) - 1), min_size=1, max_size=len(shape), unique=True))
+    dims = draw(
+        st.lists(st.integers(0, len(shape) - 1), min_size=1, max_size=len(shape), unique=True)
+    )
     return shape, sorted(dims), draw(st.integers(0, 2**31 - 1))
 
 
@@ -32,7 +34,10 @@ def tensors_and_dims(draw):
 @given(tensors_and_dims())
 def test_moments_match_torch_var_mean(case):
     shape, dims, seed = case
-    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 3 + 1
+    x = (
+        torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 3
+        + 1
+    )
     mean, var = F.moments(x, dims)
     var_ref, mean_ref = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
     assert mean.shape == mean_ref.shape and var.shape == var_ref.shape
@@ -47,12 +52,18 @@ def test_moments_large_offset_float32(shape):
     x = torch.randn(shape) * 0.01 + 1000
     dims = [0, *range(2, x.dim())]
     mean, var = F.moments(x, dims)
-    var64, mean64 = torch.var_mean(x.double(), dim=dims, correction=0, keepdim=True)  # exact for these values
+    var64, mean64 = torch.var_mean(
+        x.double(), dim=dims, correction=0, keepdim=True
+    )  # exact for these values
     assert mean.dtype == var.dtype == torch.float32
     assert ((mean.double() - mean64).abs() <= 1e-4).all()  # ~ an ulp of 1000 in float32 (6e-5)
     torch.testing.assert_close(var.double(), var64, rtol=2e-2, atol=0)
-    naive = (x * x).mean(dims, keepdim=True) - x.mean(dims, keepdim=True) ** 2  # the one-pass formula
-    assert ((naive.double() - var64).abs() / var64).max() > 1.0  # off by more than the variance itself
+    naive = (x * x).mean(dims, keepdim=True) - x.mean(
+        dims, keepdim=True
+    ) ** 2  # the one-pass formula
+    assert (
+        (naive.double() - var64).abs() / var64
+    ).max() > 1.0  # off by more than the variance itself
     # normalize() with our moments is as good as torch's own kernel, or better
     exact = (x.double() - mean64) / torch.sqrt(var64 + 1e-5)
     err_ours = (F.normalize(x, mean, var, 1e-5).double() - exact).abs().max()
@@ -76,23 +87,33 @@ def test_normalize_and_affine_match_batch_norm_eval(eps):
     ref = TF.batch_norm(x, mean.flatten(), var.flatten(), training=False, eps=eps)
     torch.testing.assert_close(F.normalize(x, mean, var, eps), ref, **F64)
     ref_affine = TF.batch_norm(x, mean.flatten(), var.flatten(), w, b, training=False, eps=eps)
-    torch.testing.assert_close(F.affine(F.normalize(x, mean, var, eps), w, b, (1, 3, 1)), ref_affine, **F64)
-    plain = TF.batch_norm(x, torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), w, None, eps=0.0)
+    torch.testing.assert_close(
+        F.affine(F.normalize(x, mean, var, eps), w, b, (1, 3, 1)), ref_affine, **F64
+    )
+    plain = TF.batch_norm(
+        x, torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), w, None, eps=0.0
+    )
     torch.testing.assert_close(F.affine(x, w, None, (1, 3, 1)), plain, **F64)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str
+)
 @pytest.mark.parametrize("momentum", [0.1, 0.3, 1.0, 0.0])
 def test_update_running_matches_torch(dtype, momentum):
     """update_running on a buffer of any dtype: in place, as torch's kernel updates its buffer."""
     x = (torch.randn(8, 3) * 2 + 5).to(dtype)
     low = dtype in (torch.float16, torch.bfloat16)
-    for buffer_dtype in (dtype, torch.float32) if low else (dtype,):  # low-precision input: float32 buffers too
+    for buffer_dtype in (
+        (dtype, torch.float32) if low else (dtype,)
+    ):  # low-precision input: float32 buffers too
         ours, ref = torch.rand(3).to(buffer_dtype), torch.rand(3).to(buffer_dtype)
         ref.copy_(ours)
         ptr = ours.data_ptr()
         TF.batch_norm(x, ref, torch.ones(3, dtype=buffer_dtype), training=True, momentum=momentum)
-        F.update_running(ours, x.float().mean(0) if low else x.mean(0), momentum)  # torch's mean is float32 too
+        F.update_running(
+            ours, x.float().mean(0) if low else x.mean(0), momentum
+        )  # torch's mean is float32 too
         assert ours.data_ptr() == ptr and ours.dtype == buffer_dtype
         torch.testing.assert_close(ours, ref, rtol=2 * torch.finfo(buffer_dtype).eps, atol=1e-6)
 
@@ -146,7 +167,9 @@ def test_batch_norm_matches_torch(call):
             y = fn(xs, rms, rvs, ws, bs, **kw)
         except ValueError as e:  # one value per channel in training
             return type(e)
-        assert [t.data_ptr() for t in (rms, rvs) if t is not None] == ptrs  # updated in place, never replaced
+        assert [
+            t.data_ptr() for t in (rms, rvs) if t is not None
+        ] == ptrs  # updated in place, never replaced
         y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).reshape(y.shape))
         return y, xs.grad, *(None if t is None else t.grad for t in (ws, bs)), rms, rvs
 
@@ -168,14 +191,21 @@ def test_running_var_unbiased_normalization_biased(momentum, shape):
     dims = [0, *range(2, x.dim())]
     n = x.numel() // x.shape[1]
     for fn in (TF.batch_norm, F.batch_norm):  # the same facts hold for torch and for us
-        rm, rv = torch.full((shape[1],), 0.5, dtype=torch.float64), torch.full((shape[1],), 2.0, dtype=torch.float64)
+        rm, rv = (
+            torch.full((shape[1],), 0.5, dtype=torch.float64),
+            torch.full((shape[1],), 2.0, dtype=torch.float64),
+        )
         y = fn(x, rm, rv, training=True, momentum=momentum, eps=1e-5)
         var_b = x.var(dim=dims, correction=0)
-        torch.testing.assert_close(rv, (1 - momentum) * 2.0 + momentum * x.var(dim=dims, correction=1), **F64)
+        torch.testing.assert_close(
+            rv, (1 - momentum) * 2.0 + momentum * x.var(dim=dims, correction=1), **F64
+        )
         torch.testing.assert_close(rv, (1 - momentum) * 2.0 + momentum * var_b * n / (n - 1), **F64)
         torch.testing.assert_close(rm, (1 - momentum) * 0.5 + momentum * x.mean(dim=dims), **F64)
         shape_c = (1, shape[1]) + (1,) * (x.dim() - 2)
-        expected = (x - x.mean(dim=dims).reshape(shape_c)) / torch.sqrt(var_b.reshape(shape_c) + 1e-5)
+        expected = (x - x.mean(dim=dims).reshape(shape_c)) / torch.sqrt(
+            var_b.reshape(shape_c) + 1e-5
+        )
         torch.testing.assert_close(y, expected, **F64)
 
 
@@ -190,7 +220,9 @@ def test_gradcheck(training, affine, shape):
     b = torch.randn(c, dtype=torch.float64, requires_grad=True) if affine == "both" else None
     rm, rv = torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 0.5
 
-    def fn(x, w=None, b=None):  # fresh buffers every call: the training update must not leak between calls
+    def fn(
+        x, w=None, b=None
+    ):  # fresh buffers every call: the training update must not leak between calls
         return F.batch_norm(x, rm.clone(), rv.clone(), w, b, training=training, eps=1e-3)
 
     inputs = tuple(t for t in (x, w, b) if t is not None)
@@ -224,8 +256,16 @@ def test_empty_inputs_match_torch(case):
         x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
         rm = None if n_buffers is None else torch.randn(n_buffers, dtype=torch.float64)
         rv = None if n_buffers is None else torch.rand(n_buffers, dtype=torch.float64)
-        w = None if n_affine is None else torch.rand(n_affine, dtype=torch.float64, requires_grad=True)
-        b = None if n_affine is None else torch.randn(n_affine, dtype=torch.float64, requires_grad=True)
+        w = (
+            None
+            if n_affine is None
+            else torch.rand(n_affine, dtype=torch.float64, requires_grad=True)
+        )
+        b = (
+            None
+            if n_affine is None
+            else torch.randn(n_affine, dtype=torch.float64, requires_grad=True)
+        )
         before = None if rm is None else (rm.clone(), rv.clone())
         y = fn(x, rm, rv, w, b, training=training)
         y.sum().backward()
@@ -255,7 +295,9 @@ def _bn(fn, shape=(4, 3), rm=3, rv=3, w=None, b=None, dtype=torch.float32, pdtyp
     make = {"rm": torch.zeros, "rv": torch.ones, "w": torch.ones, "b": torch.zeros}
     given = {"rm": rm, "rv": rv, "w": w, "b": b}
     t = {
-        k: None if v is None else make[k](v if isinstance(v, tuple) else (v,), dtype=pdtype.get(k, torch.float32))
+        k: None
+        if v is None
+        else make[k](v if isinstance(v, tuple) else (v,), dtype=pdtype.get(k, torch.float32))
         for k, v in given.items()
     }
     return fn(x, t["rm"], t["rv"], t["w"], t["b"], **kw)  # fmt: skip
@@ -324,7 +366,10 @@ def test_one_value_per_channel_message_is_torchs():
             fn(torch.randn(1, 3, 1, 1), None, None, training=True)
         msgs.append(str(e.value))
     assert msgs[1] == msgs[0]
-    assert msgs[1] == "Expected more than 1 value per channel when training, got input size torch.Size([1, 3, 1, 1])"
+    assert (
+        msgs[1]
+        == "Expected more than 1 value per channel when training, got input size torch.Size([1, 3, 1, 1])"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -338,7 +383,9 @@ ACCEPTED = [
 
 
 @pytest.mark.parametrize(
-    ("dtypes", "training"), [(d, t) for d in ACCEPTED for t in (True, False) if t or d[1] is not None], ids=str
+    ("dtypes", "training"),
+    [(d, t) for d in ACCEPTED for t in (True, False) if t or d[1] is not None],
+    ids=str,
 )
 def test_accepted_dtypes_match_torch(dtypes, training):
     """(input, buffers, affine) dtypes that torch runs: same output dtype, same values, same buffers."""

@@ -95,7 +95,11 @@ def test_forward_backward_match_torch(shape, num_groups, kwargs):
     ours, ref = twins(GN, num_groups, 6, dtype=torch.float64, **kwargs)
     if shape == (3, 6) and num_groups == 6:
         shape = (3, 6, 2)  # (N, C) with one channel per group is one value per group: tested below
-    opt_a, opt_b = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (ours, ref)) if ours.affine else (None, None)
+    opt_a, opt_b = (
+        (torch.optim.SGD(m.parameters(), lr=0.1) for m in (ours, ref))
+        if ours.affine
+        else (None, None)
+    )
     for i in range(3):  # a few optimizer steps; train and eval are the same for GN
         ours.train(i != 1)
         ref.train(i != 1)
@@ -150,12 +154,21 @@ def test_functional_errors(args, exc):
 
 def test_functional_groups_not_dividing_channels_says_so():
     x = torch.randn(2, 6, 4)
-    same_error(lambda: F.group_norm(x, 4), lambda: TF.group_norm(x, 4), RuntimeError, match="divisible by num_groups")
+    same_error(
+        lambda: F.group_norm(x, 4),
+        lambda: TF.group_norm(x, 4),
+        RuntimeError,
+        match="divisible by num_groups",
+    )
 
 
 def test_module_errors():
     ours, ref = twins(GN, 2, 6)
-    for x, exc in [(torch.randn(2, 4, 5), RuntimeError), (torch.randn(6), RuntimeError), (torch.randn(1, 6, 1), None)]:
+    for x, exc in [
+        (torch.randn(2, 4, 5), RuntimeError),
+        (torch.randn(6), RuntimeError),
+        (torch.randn(1, 6, 1), None),
+    ]:
         if exc is None:  # 6 channels in 2 groups: three values per group, fine
             step(ours, ref, x, **F32)
         else:

@@ -75,8 +75,12 @@ def test_functional_signature():
 @pytest.mark.parametrize("momentum", [0.3, None])
 def test_train_eval_steps_match_torch(d, affine, bias, track, momentum):
     torch.manual_seed(d)
-    ours, ref = twins(DIMS[d], 4, momentum=momentum, affine=affine, track_running_stats=track, bias=bias)
-    opt_a, opt_b = (torch.optim.SGD(m.parameters(), lr=0.1) if affine else None for m in (ours, ref))
+    ours, ref = twins(
+        DIMS[d], 4, momentum=momentum, affine=affine, track_running_stats=track, bias=bias
+    )
+    opt_a, opt_b = (
+        torch.optim.SGD(m.parameters(), lr=0.1) if affine else None for m in (ours, ref)
+    )
     for i, training in enumerate([True, True, False, True, False]):
         ours.train(training)
         ref.train(training)
@@ -89,7 +93,9 @@ def test_train_eval_steps_match_torch(d, affine, bias, track, momentum):
             opt_b.zero_grad()
     assert_same_state(ours, ref, equal_nan=True, **F32)
     if track:
-        assert ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == 0  # IN never counts
+        assert (
+            ours.num_batches_tracked.item() == ref.num_batches_tracked.item() == 0
+        )  # IN never counts
         moved = not torch.equal(ref.running_mean, torch.zeros(4))
         assert moved == (momentum is not None)  # momentum=None means "no update" for IN
 
@@ -118,7 +124,11 @@ def test_tracking_switched_off_after_construction():
 
 def test_functional_running_stats_and_eval():
     torch.manual_seed(0)
-    x, w, b = torch.randn(3, 4, 6, dtype=torch.float64) * 2 + 1, torch.rand(4).double(), torch.randn(4).double()
+    x, w, b = (
+        torch.randn(3, 4, 6, dtype=torch.float64) * 2 + 1,
+        torch.rand(4).double(),
+        torch.randn(4).double(),
+    )
     rm_a, rv_a = torch.randn(4).double(), torch.rand(4).double() + 0.5
     rm_b, rv_b = rm_a.clone(), rv_a.clone()
     for use_input_stats in (True, False, True):
@@ -135,19 +145,26 @@ def test_functional_buffers_of_another_dtype(buffer_dtype):
     x = torch.randn(3, 4, 7) * 2 + 1
     bufs = [torch.zeros(4, dtype=buffer_dtype), torch.ones(4, dtype=buffer_dtype)]
     ours, ref = [b.clone() for b in bufs], [b.clone() for b in bufs]
-    torch.testing.assert_close(F.instance_norm(x, *ours, momentum=0.3), TF.instance_norm(x, *ref, momentum=0.3))
+    torch.testing.assert_close(
+        F.instance_norm(x, *ours, momentum=0.3), TF.instance_norm(x, *ref, momentum=0.3)
+    )
     tol = F32 if buffer_dtype == torch.float64 else {"rtol": 2e-3, "atol": 1e-3}
     for a, b in zip(ours, ref, strict=True):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, **tol)
-    ya, yb = F.instance_norm(x, *ours, use_input_stats=False), TF.instance_norm(x, *ref, use_input_stats=False)
+    ya, yb = (
+        F.instance_norm(x, *ours, use_input_stats=False),
+        TF.instance_norm(x, *ref, use_input_stats=False),
+    )
     torch.testing.assert_close(ya, yb, **tol)
 
 
 # --- state_dict -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw", [{}, {"affine": True}, {"affine": True, "bias": False, "track_running_stats": True}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"affine": True}, {"affine": True, "bias": False, "track_running_stats": True}]
+)
 def test_state_dict_round_trip_both_ways(kw):
     torch.manual_seed(0)
     ours, ref = twins(DIMS[2], 3, **kw)
@@ -173,18 +190,25 @@ def load_result(module: nn.Module, sd: dict, strict: bool):
 
 def old_checkpoint() -> collections.OrderedDict:
     """A pre-0.4-style dict: running stats, no num_batches_tracked, no version metadata."""
-    return collections.OrderedDict(running_mean=torch.arange(3.0), running_var=torch.full((3,), 2.0))
+    return collections.OrderedDict(
+        running_mean=torch.arange(3.0), running_var=torch.full((3,), 2.0)
+    )
 
 
 @pytest.mark.parametrize("strict", [True, False])
 @pytest.mark.parametrize("track", [False, True])
 def test_old_checkpoint_running_stats(strict, track):
-    ours, ref = normtut.InstanceNorm2d(3, track_running_stats=track), nn.InstanceNorm2d(3, track_running_stats=track)
+    ours, ref = (
+        normtut.InstanceNorm2d(3, track_running_stats=track),
+        nn.InstanceNorm2d(3, track_running_stats=track),
+    )
     sd = old_checkpoint()
     ra, rb = load_result(ours, sd, strict), load_result(ref, sd, strict)
     assert ra == rb
     if not track:
-        assert ra[0] == "RuntimeError" and "Unexpected running stats buffer(s)" in ra[1]  # even with strict=False
+        assert (
+            ra[0] == "RuntimeError" and "Unexpected running stats buffer(s)" in ra[1]
+        )  # even with strict=False
     assert list(sd) == ["running_mean", "running_var"]  # the caller's dict is left alone
     assert_same_state(ours, ref, equal_nan=True)
 
@@ -260,12 +284,18 @@ def test_wrong_channel_count():
         ((torch.randn(2, 3, 4), torch.zeros(4), torch.ones(4)), {}, RuntimeError),
         ((torch.randn(2, 3, 4).double(),), {"weight": torch.ones(3)}, RuntimeError),  # mixed dtypes
         ((torch.randn(2, 3, 4),), {"weight": torch.ones(3).half()}, RuntimeError),
-        ((torch.randn(2, 3, 4).half(),), {"weight": torch.ones(3), "bias": torch.ones(3).half()}, RuntimeError),
+        (
+            (torch.randn(2, 3, 4).half(),),
+            {"weight": torch.ones(3), "bias": torch.ones(3).half()},
+            RuntimeError,
+        ),
         ((torch.ones(2, 3, 4, dtype=torch.long),), {}, NotImplementedError),
     ],
 )
 def test_functional_errors(args, kwargs, exc):
-    same_error(lambda: F.instance_norm(*args, **kwargs), lambda: TF.instance_norm(*args, **kwargs), exc)
+    same_error(
+        lambda: F.instance_norm(*args, **kwargs), lambda: TF.instance_norm(*args, **kwargs), exc
+    )
 
 
 # --- edge cases ---------------------------------------------------------------------------
@@ -337,7 +367,13 @@ def test_hypothesis_matches_torch(d, n, c, spatial, affine, bias, track, momentu
         spatial[0] += 1  # one value per instance is an error, tested above
     torch.manual_seed(seed)
     ours, ref = twins(
-        DIMS[d], c, momentum=momentum, affine=affine, track_running_stats=track, bias=bias, dtype=torch.float64
+        DIMS[d],
+        c,
+        momentum=momentum,
+        affine=affine,
+        track_running_stats=track,
+        bias=bias,
+        dtype=torch.float64,
     )
     for training in (True, False, True):
         ours.train(training)

@@ -7,7 +7,14 @@ from functools import partial
 import pytest
 import torch
 
-from normtut.landscape import crossings, double_well, hilltop, outcome, sutskever_trajectory, trajectory
+from normtut.landscape import (
+    crossings,
+    double_well,
+    hilltop,
+    outcome,
+    sutskever_trajectory,
+    trajectory,
+)
 from normtut.optim import SGD
 
 
@@ -49,7 +56,9 @@ def test_trajectory_is_torch_sgd(momentum):
     path = trajectory(f, 2.0, 0.01, momentum, steps=200)
     assert path.shape == (201,)
     assert torch.equal(path, _torch_run(f, 2.0, [0.01] * 200, momentum))
-    assert torch.equal(path, trajectory(f, 2.0, 0.01, momentum, steps=200, optimizer=torch.optim.SGD))
+    assert torch.equal(
+        path, trajectory(f, 2.0, 0.01, momentum, steps=200, optimizer=torch.optim.SGD)
+    )
 
 
 def test_trajectory_with_schedule_and_2d_start():

@@ -50,7 +50,9 @@ def test_signatures():
 )
 def test_construction_repr_state(args, kwargs):
     ours, ref = normtut.LayerNorm(*args, **kwargs), nn.LayerNorm(*args, **kwargs)
-    assert ours.normalized_shape == ref.normalized_shape and isinstance(ours.normalized_shape, tuple)
+    assert ours.normalized_shape == ref.normalized_shape and isinstance(
+        ours.normalized_shape, tuple
+    )
     assert (ours.eps, ours.elementwise_affine) == (ref.eps, ref.elementwise_affine)
     assert repr(ours) == repr(ref)
     assert_same_state(ours, ref)
@@ -79,14 +81,25 @@ def test_state_dict_both_ways(kwargs):
 
 @pytest.mark.parametrize(
     "shape, normalized_shape",
-    [((4, 10), 10), ((2, 5, 8), [8]), ((2, 5, 8), [5, 8]), ((2, 3, 4, 5), (3, 4, 5)), ((6,), [6]), ((2, 3, 1), [1])],
+    [
+        ((4, 10), 10),
+        ((2, 5, 8), [8]),
+        ((2, 5, 8), [5, 8]),
+        ((2, 3, 4, 5), (3, 4, 5)),
+        ((6,), [6]),
+        ((2, 3, 1), [1]),
+    ],
 )
-@pytest.mark.parametrize("kwargs", [{}, {"bias": False}, {"elementwise_affine": False}, {"eps": 0.1}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"bias": False}, {"elementwise_affine": False}, {"eps": 0.1}]
+)
 def test_forward_backward_match_torch(shape, normalized_shape, kwargs):
     torch.manual_seed(0)
     ours, ref = twins(LN, normalized_shape, **kwargs)
     affine = ours.weight is not None
-    opt_a, opt_b = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (ours, ref)) if affine else (None, None)
+    opt_a, opt_b = (
+        (torch.optim.SGD(m.parameters(), lr=0.1) for m in (ours, ref)) if affine else (None, None)
+    )
     # With one value per sample x_hat = 0 and the true input gradient is 0: ours is exactly 0,
     # torch's float32 backward leaves rounding noise of order 1e-7 / sqrt(eps).
     tol = F32 if shape[-1] > 1 else {"rtol": 1e-4, "atol": 1e-3}
@@ -205,7 +218,12 @@ def test_hypothesis_matches_torch(shape, k, elementwise_affine, bias, eps, as_in
     if as_int and k == 1:
         normalized_shape = normalized_shape[0]
     torch.manual_seed(seed)
-    kw = {"eps": eps, "elementwise_affine": elementwise_affine, "bias": bias, "dtype": torch.float64}
+    kw = {
+        "eps": eps,
+        "elementwise_affine": elementwise_affine,
+        "bias": bias,
+        "dtype": torch.float64,
+    }
     ours, ref = twins(LN, normalized_shape, **kw)
     step(ours, ref, torch.randn(shape, dtype=torch.float64) * 3 + 1, **F64)
 
@@ -216,6 +234,8 @@ def test_gradcheck(affine):
     x, w, b = gradcheck_inputs((2, 3, 4), (3, 4))
     if affine:
         assert torch.autograd.gradcheck(lambda x, w, b: F.layer_norm(x, [3, 4], w, b), (x, w, b))
-        assert torch.autograd.gradgradcheck(lambda x, w, b: F.layer_norm(x, [3, 4], w, b), (x, w, b))
+        assert torch.autograd.gradgradcheck(
+            lambda x, w, b: F.layer_norm(x, [3, 4], w, b), (x, w, b)
+        )
     else:
         assert torch.autograd.gradcheck(lambda x: F.layer_norm(x, [4], eps=1e-3), (x,))

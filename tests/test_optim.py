@@ -56,12 +56,18 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("momentum,dampening,weight_decay,nesterov,maximize,tensor_lr", OPTIONS)
-def test_matches_torch_over_many_steps(momentum, dampening, weight_decay, nesterov, maximize, tensor_lr):
+def test_matches_torch_over_many_steps(
+    momentum, dampening, weight_decay, nesterov, maximize, tensor_lr
+):
     lr = torch.tensor(0.05) if tensor_lr else 0.05
-    kw = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
+    kw = dict(
+        lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
+    )
     ours, ref = _model(), _model()
     losses = _train(ours, SGD(ours.parameters(), **kw, maximize=maximize), range(STEPS))
-    ref_losses = _train(ref, torch.optim.SGD(ref.parameters(), **kw, maximize=maximize), range(STEPS))
+    ref_losses = _train(
+        ref, torch.optim.SGD(ref.parameters(), **kw, maximize=maximize), range(STEPS)
+    )
     _assert_same(ours, ref)
     assert losses == ref_losses
     assert losses[0] != losses[-1]  # the parameters did move
@@ -106,7 +112,11 @@ def test_invalid_arguments(kw):
 
 def test_accepted_edge_values_agree():
     """What torch accepts we accept: 1-element tensor lr of any rank, lr 0, dampening > 1."""
-    for kw in (dict(lr=torch.tensor([[0.1]])), dict(lr=0.0), dict(lr=0.1, momentum=0.5, dampening=2.0)):
+    for kw in (
+        dict(lr=torch.tensor([[0.1]])),
+        dict(lr=0.0),
+        dict(lr=0.1, momentum=0.5, dampening=2.0),
+    ):
         ours, ref = _model(), _model()
         _train(ours, SGD(ours.parameters(), **kw), range(3))
         _train(ref, torch.optim.SGD(ref.parameters(), **kw), range(3))
@@ -123,7 +133,9 @@ def test_no_params_is_rejected_like_torch():
 @pytest.mark.parametrize("direction", ["torch_to_ours", "ours_to_torch"])
 def test_state_dict_interchange_mid_training(direction):
     kw = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
-    first_cls, second_cls = (torch.optim.SGD, SGD) if direction == "torch_to_ours" else (SGD, torch.optim.SGD)
+    first_cls, second_cls = (
+        (torch.optim.SGD, SGD) if direction == "torch_to_ours" else (SGD, torch.optim.SGD)
+    )
 
     # Reference: torch alone for 20 steps.
     ref = _model()
@@ -177,7 +189,10 @@ def test_add_param_group_and_lr_changes():
 
 def test_closure_is_called_and_its_loss_returned():
     ours, ref = _model(), _model()
-    o, r = SGD(ours.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    o, r = (
+        SGD(ours.parameters(), lr=0.1, momentum=0.9),
+        torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9),
+    )
     for t in range(10):
 
         def closure(m=ours, opt=o, t=t):

@@ -20,7 +20,9 @@ def test_history_matches_torch(momentum):
     for a, b in zip(ours, ref, strict=True):
         assert a.shape == (31, 3)
         torch.testing.assert_close(a, b)
-    assert torch.equal(ref[0][-1], ref_layer.running_mean) and torch.equal(ref[1][-1], ref_layer.running_var)
+    assert torch.equal(ref[0][-1], ref_layer.running_mean) and torch.equal(
+        ref[1][-1], ref_layer.running_var
+    )
     assert torch.equal(ref[0][0], torch.zeros(3)) and torch.equal(ref[1][0], torch.ones(3))
 
 

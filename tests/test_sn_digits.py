@@ -8,7 +8,12 @@ import matplotlib.pyplot as plt
 import torch
 
 from normtut import SwitchableNorm2d
-from normtut.sn_digits import digits_convnet, load_digits_tensors, plot_mixtures, train_switchable_digits
+from normtut.sn_digits import (
+    digits_convnet,
+    load_digits_tensors,
+    plot_mixtures,
+    train_switchable_digits,
+)
 
 
 def test_digits_data():

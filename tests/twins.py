@@ -34,13 +34,17 @@ def randomize(*modules: nn.Module) -> None:
                 getattr(m, name).copy_(p.reshape(getattr(m, name).shape))
 
 
-def twins(classes: tuple[type[nn.Module], type[nn.Module]], *args, **kwargs) -> tuple[nn.Module, nn.Module]:
+def twins(
+    classes: tuple[type[nn.Module], type[nn.Module]], *args, **kwargs
+) -> tuple[nn.Module, nn.Module]:
     """(ours, torch's) from ``classes`` = (torch's class, our class), built with the same arguments.
 
     Both must have the same parameter names and shapes; they get the same random affine.
     """
     ref, ours = classes[0](*args, **kwargs), classes[1](*args, **kwargs)
-    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [
+        (n, p.shape) for n, p in ref.named_parameters()
+    ]
     randomize(ref, ours)
     return ours, ref
 
@@ -54,7 +58,9 @@ def assert_same_state(ours: nn.Module, ref: nn.Module, equal_nan: bool = False, 
         torch.testing.assert_close(a[k], b[k], equal_nan=equal_nan, **tol)
 
 
-def forward_backward(ours: nn.Module, ref: nn.Module, x: torch.Tensor, match_errors: bool = False, **tol) -> bool:
+def forward_backward(
+    ours: nn.Module, ref: nn.Module, x: torch.Tensor, match_errors: bool = False, **tol
+) -> bool:
     """Forward and backward (one random output gradient) on copies of ``x``: outputs and input gradients match.
 
     With ``match_errors``, if torch raises, ours must raise the same exception type; then nothing
@@ -116,7 +122,9 @@ def step(
         state(ours, ref, **tol)
 
 
-def gradcheck_inputs(x_shape: tuple[int, ...], affine_shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+def gradcheck_inputs(
+    x_shape: tuple[int, ...], affine_shape: tuple[int, ...]
+) -> tuple[torch.Tensor, ...]:
     """Float64 leaves for gradcheck: x ~ N(0, 1), a weight in [0, 1), a bias ~ N(0, 1)."""
     x = torch.randn(*x_shape, dtype=torch.float64, requires_grad=True)
     w = torch.rand(*affine_shape, dtype=torch.float64, requires_grad=True)
@@ -158,7 +166,9 @@ def check_low_precision(
         assert xa.grad.dtype == dtype and ours.weight.grad.dtype == ref.weight.grad.dtype
         torch.testing.assert_close(xa.grad, x32.grad.to(dtype), **tol)
         rtol, atol = 4 * tol["rtol"], 4 * tol["atol"]
-        torch.testing.assert_close(ours.weight.grad.float(), ref32.weight.grad, rtol=rtol, atol=atol)
+        torch.testing.assert_close(
+            ours.weight.grad.float(), ref32.weight.grad, rtol=rtol, atol=atol
+        )
     return tol
 
 
