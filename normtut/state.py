@@ -26,9 +26,12 @@ def register_affine(
 
 
 def reset_affine(module: nn.Module, gamma: float = 1.0) -> None:
-    """weight <- gamma (1: the identity map), bias <- 0, for those that exist."""
-    if module.weight is not None:
-        nn.init.constant_(module.weight, gamma)
+    """weight <- gamma (1: the identity map), bias <- 0 if there is one.
+
+    Called only when the layer is affine. Like torch, a missing weight then raises
+    (AttributeError), e.g. after ``affine`` was set to True on a layer built without it.
+    """
+    nn.init.constant_(module.weight, gamma)
     if module.bias is not None:
         nn.init.zeros_(module.bias)
 
@@ -36,7 +39,10 @@ def reset_affine(module: nn.Module, gamma: float = 1.0) -> None:
 def register_running_stats(
     module: nn.Module, num_features: int, track: bool, device=None, dtype=None
 ) -> None:
-    """``running_mean``, ``running_var`` (per channel) and ``num_batches_tracked``, or None if not tracked."""
+    """Register ``running_mean``, ``running_var`` (per channel) and ``num_batches_tracked``.
+
+    All three are None if not ``track``.
+    """
     if track:
         module.register_buffer(
             "running_mean", torch.zeros(num_features, device=device, dtype=dtype)

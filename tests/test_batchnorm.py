@@ -656,3 +656,13 @@ def test_deepcopy(d):
         step(ours_copy, ref_copy, batch(d, 4, 3), **F64)
     assert_same_slots(ours, ref, **F64)
     assert int(ours.num_batches_tracked) == 1 and int(ours_copy.num_batches_tracked) == 3
+
+
+@pytest.mark.parametrize("classes", [(nn.BatchNorm2d, normtut.BatchNorm2d), (nn.InstanceNorm2d, normtut.InstanceNorm2d)])
+def test_reset_parameters_after_flipping_affine_on(classes):
+    """affine set to True on a layer built without it: reset_parameters() fails as torch's does."""
+    for cls in classes:
+        layer = cls(3, affine=False)
+        layer.affine = True
+        with pytest.raises(AttributeError, match="NoneType"):
+            layer.reset_parameters()
