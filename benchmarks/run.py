@@ -71,9 +71,8 @@ def main() -> int:
         print(
             f"{name:26s} {t_torch * 1e3:9.2f} {t_ours * 1e3:11.2f} {ratio:6.1f} {mem:12.1f}{flag}"
         )
-    print(
-        f"targets: time ratio <= {TIME_TARGET}, saved/input <= {MEMORY_TARGET}: {'met' if ok else 'MISSED'}"
-    )
+    verdict = "met" if ok else "MISSED"
+    print(f"targets: time ratio <= {TIME_TARGET}, saved/input <= {MEMORY_TARGET}: {verdict}")
     return 0 if ok else 1
 
 

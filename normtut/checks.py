@@ -70,7 +70,8 @@ def check_eps(fn: str, eps: float, training: bool) -> None:
 def require_channels(fn: str, input: Tensor) -> None:
     if input.dim() < 2:
         raise IndexError(
-            f"{fn} expects an input of shape (N, C, *), got a {input.dim()}-D tensor of shape {list(input.shape)}"
+            f"{fn} expects an input of shape (N, C, *), got a {input.dim()}-D tensor "
+            f"of shape {list(input.shape)}"
         )
 
 
@@ -88,7 +89,8 @@ def batch_norm_args(input, running_mean, running_var, weight, bias, training, ep
             t is None for t in (running_mean, running_var, weight, bias)
         )
         raise (IndexError if nothing_checked else RuntimeError)(
-            f"batch_norm expects an input of shape (N, C, *), got a {input.dim()}-D tensor of shape {list(input.shape)}"
+            f"batch_norm expects an input of shape (N, C, *), got a {input.dim()}-D tensor "
+            f"of shape {list(input.shape)}"
         )
     C = input.shape[1]
     for name, t in (
@@ -140,8 +142,8 @@ def layer_norm_args(input, normalized_shape: list[int], weight, bias) -> None:
     k = len(normalized_shape)
     if k == 0:
         raise RuntimeError(
-            "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, "
-            "but got normalized_shape = []"
+            "Expected normalized_shape to be at least 1-dimensional, i.e., "
+            "containing at least one element, but got normalized_shape = []"
         )
     if list(input.shape[input.dim() - k :]) != normalized_shape or input.dim() < k:
         raise RuntimeError(
@@ -168,12 +170,13 @@ def group_norm_args(input, num_groups: int, weight, bias) -> None:
         raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
     if C % num_groups != 0:
         raise RuntimeError(
-            "Expected number of channels in input to be divisible by num_groups, but got input of shape "
-            f"{list(input.shape)} and num_groups={num_groups}"
+            "Expected number of channels in input to be divisible by num_groups, "
+            f"but got input of shape {list(input.shape)} and num_groups={num_groups}"
         )
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and (t.dim() != 1 or t.numel() != C):
             raise RuntimeError(
-                f"Expected {name} to be a vector of size equal to the number of channels in input, but got "
-                f"{name} of shape {list(t.shape)} and input of shape {list(input.shape)}"
+                f"Expected {name} to be a vector of size equal to the number of channels "
+                f"in input, but got {name} of shape {list(t.shape)} "
+                f"and input of shape {list(input.shape)}"
             )

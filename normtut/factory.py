@@ -21,7 +21,10 @@ NORM_TYPES = ("batch", "instance", "layer", "group", "switchable", "none")
 
 
 def group_norm_groups(num_channels: int, max_groups: int = 32) -> int:
-    """The largest divisor of ``num_channels`` that is at most ``max_groups`` (32 when C is a multiple of 32)."""
+    """The largest divisor of ``num_channels`` that is at most ``max_groups``.
+
+    With the default ``max_groups``, that is 32 whenever C is a multiple of 32.
+    """
     return max(g for g in range(1, min(max_groups, num_channels) + 1) if num_channels % g == 0)
 
 

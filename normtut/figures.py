@@ -54,7 +54,7 @@ def shared_block(
 
 
 def cube_faces(shared: np.ndarray) -> tuple[list[np.ndarray], list[bool]]:
-    """The cells of the three visible sides of the cube (front, left, top), and whether each is shaded.
+    """Cells of the cube's three visible sides (front, left, top), and whether each is shaded.
 
     ``shared`` is a mask [N, C, H*W]; a cell is a 4-corner polygon in (x, y, z) = (C, N, H*W).
     Drawing only the visible sides avoids matplotlib's depth-sorting errors between voxels.
@@ -86,8 +86,9 @@ def norm_cubes(
     groups: int = 3,
     ncols: int = 4,
 ) -> Figure:
-    """One cube [N, C, H*W] per method, with the values that share sample 0, channel 0's statistics shaded.
+    """One cube [N, C, H*W] per method, shading the values that share one set of statistics.
 
+    Shaded are the values that share sample 0, channel 0's statistics under that method.
     C runs left to right, N into the page, H, W upwards; the panels fill ``ncols`` columns.
     Returns the Figure, with one 3-D Axes per method.
     """
@@ -107,7 +108,7 @@ def norm_cubes(
         ax.set_box_aspect((c, n, hw))
         ax.view_init(elev=24, azim=-115)
         ax.set_axis_off()
-        # Axis names beside the cube's edges: C along the front, N along the left, H, W at the back-left.
+        # Axis names by the cube's edges: C at the front, N on the left, H, W at the back-left.
         ax.text(c / 2, -0.3, -0.5, "C", ha="center", va="top", fontsize=14)
         ax.text(-0.3, n / 2, -0.5, "N", ha="right", va="top", fontsize=14)
         ax.text(-0.3, n, hw / 2, "H, W", ha="right", va="center", fontsize=14)

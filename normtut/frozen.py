@@ -17,9 +17,10 @@ from .batchnorm import BatchNorm2d
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine parameters, as ``torchvision.ops.FrozenBatchNorm2d``.
+    """BatchNorm2d with fixed statistics and affine parameters.
 
-    y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, in train and eval mode alike.
+    As ``torchvision.ops.FrozenBatchNorm2d``, in train and eval mode alike:
+    y = (x - running_mean) / sqrt(running_var + eps) * weight + bias.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
@@ -53,7 +54,7 @@ _BATCHNORM2D = (nn.BatchNorm2d, BatchNorm2d)
 
 
 def _frozen_copy(bn: nn.Module) -> FrozenBatchNorm2d:
-    """A FrozenBatchNorm2d holding ``bn``'s current state (weight 1 and bias 0 where it has none)."""
+    """A FrozenBatchNorm2d with ``bn``'s current state (weight 1 and bias 0 where it has none)."""
     frozen = FrozenBatchNorm2d(bn.num_features, bn.eps).to(bn.running_mean)  # same dtype and device
     with torch.no_grad():
         frozen.running_mean.copy_(bn.running_mean)
@@ -67,7 +68,7 @@ def _frozen_copy(bn: nn.Module) -> FrozenBatchNorm2d:
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d in ``module``, at any depth, by a FrozenBatchNorm2d copy of its state.
+    """Replace every BatchNorm2d in ``module``, at any depth, by a frozen copy of its state.
 
     Works **in place** and returns ``module`` itself; only when ``module`` is itself a
     BatchNorm2d is a new FrozenBatchNorm2d returned (there is no parent to put it in).
@@ -84,8 +85,9 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
         if m.running_mean is None or m.running_var is None:
             where = f" {name!r}" if name else ""
             raise ValueError(
-                f"cannot freeze the BatchNorm2d{where}: it was built with track_running_stats=False and has "
-                "no running statistics (it always normalizes with batch statistics)"
+                f"cannot freeze the BatchNorm2d{where}: it was built with "
+                "track_running_stats=False and has no running statistics "
+                "(it always normalizes with batch statistics)"
             )
     if isinstance(module, _BATCHNORM2D):
         return _frozen_copy(module)

@@ -51,14 +51,16 @@ class _InstanceNorm(_NormBase):
             keys = [prefix + n for n in ("running_mean", "running_var") if prefix + n in state_dict]
             if keys:
                 name = self.__class__.__name__
-                error_msgs.append(
-                    "Unexpected running stats buffer(s) {names} for {klass} with track_running_stats=False. "
-                    "If state_dict is a checkpoint saved before 0.4.0, this may be expected because {klass} "
-                    "does not track running stats by default since 0.4.0. Please remove these keys from "
-                    "state_dict. If the running stats are actually needed, instead set "
-                    "track_running_stats=True in {klass} to enable them. See the documentation of {klass} "
-                    "for details.".format(names=" and ".join(f'"{k}"' for k in keys), klass=name)
+                message = (
+                    "Unexpected running stats buffer(s) {names} for {klass} with "
+                    "track_running_stats=False. If state_dict is a checkpoint saved before "
+                    "0.4.0, this may be expected because {klass} does not track running stats "
+                    "by default since 0.4.0. Please remove these keys from state_dict. If the "
+                    "running stats are actually needed, instead set track_running_stats=True "
+                    "in {klass} to enable them. See the documentation of {klass} for details."
                 )
+                names = " and ".join(f'"{k}"' for k in keys)
+                error_msgs.append(message.format(names=names, klass=name))
                 for key in keys:
                     state_dict.pop(key)
         super()._load_from_state_dict(
@@ -75,8 +77,9 @@ class _InstanceNorm(_NormBase):
                     f" ({self.num_features}), but got: {input.size(feature_dim)}."
                 )
             warnings.warn(
-                f"input's size at dim={feature_dim} does not match num_features. You can silence this warning "
-                "by not passing in num_features, which is not used because affine=False",
+                f"input's size at dim={feature_dim} does not match num_features. "
+                "You can silence this warning by not passing in num_features, "
+                "which is not used because affine=False",
                 stacklevel=2,
             )
         unbatched = input.dim() == self._get_no_batch_dim()
@@ -111,7 +114,10 @@ class InstanceNorm2d(_InstanceNorm):
 
 
 class InstanceNorm3d(_InstanceNorm):
-    """Instance normalization of (N, C, D, H, W) or (C, D, H, W) inputs; statistics over (D, H, W)."""
+    """Instance normalization of (N, C, D, H, W) or (C, D, H, W) inputs.
+
+    Statistics over (D, H, W).
+    """
 
     def _get_no_batch_dim(self) -> int:
         return 4

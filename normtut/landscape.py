@@ -103,7 +103,10 @@ def crossings(path: Tensor, barrier: float = 1.0, tilt: float = 0.5) -> int:
 
 
 def code(path: Tensor, barrier: float = 1.0, tilt: float = 0.5) -> str:
-    """Short label of a 1-D run: 'D' (diverged), else 'G' or 'L' (final well) + number of hilltop crossings."""
+    """Short label of a 1-D run: 'D' if it diverged, else its final well + hilltop crossings.
+
+    The well is 'G' (global) or 'L' (local): 'L3' ends in the local well after three crossings.
+    """
     end = outcome(path, barrier, tilt)
     return "D" if end == "diverged" else f"{end[0].upper()}{crossings(path, barrier, tilt)}"
 

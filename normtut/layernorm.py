@@ -16,7 +16,10 @@ from . import state
 
 
 class LayerNorm(nn.Module):
-    """y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias over the last len(normalized_shape) axes."""
+    """Layer normalization over the last len(normalized_shape) axes.
+
+    y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias
+    """
 
     __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
 
@@ -49,6 +52,6 @@ class LayerNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
-            f"bias={self.bias is not None}"
+            f"{self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
         )

@@ -1,6 +1,7 @@
-"""LeNet with a pluggable normalization layer, after seed 002 (Dive into Deep Learning's LeNet with BN).
+"""LeNet with a pluggable normalization layer, after seed 002.
 
-The layout is the seed's ``nn.Sequential``, index for index, so state_dict keys match it:
+The seed is Dive into Deep Learning's LeNet with batch normalization. The layout is the
+seed's ``nn.Sequential``, index for index, so state_dict keys match it:
 
     0 Conv2d(C_in, 6, 5)   1 norm2d(6)    2 act  3 MaxPool2d(2)
     4 Conv2d(6, 16, 5)     5 norm2d(16)   6 act  7 MaxPool2d(2)   8 Flatten
@@ -73,12 +74,12 @@ def norm_factories(norm: str) -> tuple[Factory, Factory]:
 
 
 def _conv_out(size: int, padding: int) -> int:
-    """Side of the map after Conv2d(kernel 5, padding) and MaxPool2d(2): floor((size + 2p - 4) / 2)."""
+    """Map side after Conv2d(kernel 5, padding) and MaxPool2d(2): floor((size + 2p - 4) / 2)."""
     return (size + 2 * padding - 4) // 2
 
 
 class LeNet(nn.Sequential):
-    """Seed 002's LeNet: two conv-norm-act-pool blocks, then linear-norm-act twice, then a classifier.
+    """Seed 002's LeNet: two conv-norm-act-pool blocks, linear-norm-act twice, then a classifier.
 
     ``norm``: 'none', 'bn', 'gn', 'ln', 'in', 'sn' (or get_norm_layer's 'batch', 'group', ...);
     see ``norm_factories`` for the layer each name puts after the convolutions and the linear
@@ -134,11 +135,17 @@ class LeNet(nn.Sequential):
         self.in_size = in_size
 
     def __getitem__(self, idx: int | slice) -> nn.Module:
-        """``net[i]`` is a layer; ``net[a:b]`` a plain nn.Sequential of those layers (``net[:10]`` feeds slot '10')."""
+        """``net[i]`` is a layer; ``net[a:b]`` a plain nn.Sequential of those layers.
+
+        ``net[:10]`` computes the input of norm slot '10'.
+        """
         if isinstance(idx, slice):
             return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
         return super().__getitem__(idx)
 
     def norm_layers(self) -> dict[str, nn.Module]:
-        """The four norm slots by name: '1' and '5' after the convolutions, '10' and '13' after the linears."""
+        """The four norm slots by name.
+
+        '1' and '5' follow the convolutions, '10' and '13' the linear layers.
+        """
         return {name: self[int(name)] for name in NORM_SLOTS}

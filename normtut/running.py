@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 @torch.no_grad()
 def running_stats_history(layer: nn.Module, batches: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
-    """Feed ``batches`` to ``layer`` in training mode; return its running_mean and running_var after each.
+    """``layer``'s running_mean and running_var after each of ``batches``, fed in training mode.
 
     Both results have shape [T + 1, C]: row 0 is the state before the first batch.
     Works for any BatchNorm-like layer with running buffers (torch's or normtut's).

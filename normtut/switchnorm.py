@@ -89,7 +89,10 @@ class _SwitchableNorm(nn.Module):
             state.reset_running(self)
 
     def reset_parameters(self) -> None:
-        """Running stats reset; weight <- 1 (0 with last_gamma), bias <- 0, equal logits (softmax 1/k each)."""
+        """Reset the running stats; weight <- 1 (0 with last_gamma), bias <- 0, equal logits.
+
+        Equal logits give each of the k branches 1/k after the softmax.
+        """
         self.reset_running_stats()
         state.reset_affine(self, gamma=0.0 if self.last_gamma else 1.0)
         nn.init.ones_(self.mean_weight)
@@ -106,10 +109,11 @@ class _SwitchableNorm(nn.Module):
 
     @torch.no_grad()
     def use_only_(self, branch: str) -> _SwitchableNorm:
-        """Make both mixtures exactly one-hot on ``branch`` (one of ``branches``): logits 0 there, -inf elsewhere.
+        """Make both mixtures exactly one-hot on ``branch``, one of ``branches``.
 
-        softmax then gives exact 1s and 0s. Freeze the logits (requires_grad_(False)) before
-        training such a layer: weight decay on a -inf logit gives NaN.
+        The logits become 0 there and -inf elsewhere, so softmax gives exact 1s and 0s. Freeze
+        the logits (requires_grad_(False)) before training such a layer: weight decay on a
+        -inf logit gives NaN.
         """
         if branch not in self.branches:
             raise ValueError(f"branch must be one of {self.branches}, got {branch!r}")
@@ -129,7 +133,8 @@ class _SwitchableNorm(nn.Module):
         C = input.shape[1]
         if C != self.num_features:
             raise RuntimeError(
-                f"expected input with {self.num_features} channels (dim 1), got input of shape {list(input.shape)}"
+                f"expected input with {self.num_features} channels (dim 1), "
+                f"got input of shape {list(input.shape)}"
             )
         params = (self.weight, self.bias, self.running_mean, self.running_var)
         dtype = checks.compute_dtype("switchable_norm", input, *params)
@@ -158,7 +163,7 @@ class _SwitchableNorm(nn.Module):
         return F.affine(y, self.weight.to(dtype), self.bias.to(dtype), shape).to(input.dtype)
 
     def _update_running(self, mean_bn: Tensor, var_bn: Tensor, n: int) -> None:
-        """BatchNorm's update: moving average with ``momentum``, or cumulative average (factor 1/k)."""
+        """BatchNorm's update: moving average (``momentum``) or cumulative average (factor 1/k)."""
         self.num_batches_tracked.add_(1)  # counted even when empty, as BatchNorm does
         if n == 0:  # an empty batch leaves the running statistics as they are
             return
@@ -171,12 +176,13 @@ class _SwitchableNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"using_moving_average={self.using_moving_average}, using_bn={self.using_bn}, last_gamma={self.last_gamma}"
+            f"using_moving_average={self.using_moving_average}, using_bn={self.using_bn}, "
+            f"last_gamma={self.last_gamma}"
         )
 
 
 class SwitchableNorm2d(_SwitchableNorm):
-    """Switchable Normalization of (N, C, H, W) inputs: a learned mixture of IN, LN and BN statistics.
+    """Switchable Normalization of (N, C, H, W) inputs: a learned mix of IN, LN and BN statistics.
 
     ``weight``/``bias`` are per channel ([C], as in BatchNorm2d); ``mean_weight``/``var_weight``
     are the mixture logits in the order IN, LN, BN (IN, LN with ``using_bn=False``). The BN

@@ -658,7 +658,9 @@ def test_deepcopy(d):
     assert int(ours.num_batches_tracked) == 1 and int(ours_copy.num_batches_tracked) == 3
 
 
-@pytest.mark.parametrize("classes", [(nn.BatchNorm2d, normtut.BatchNorm2d), (nn.InstanceNorm2d, normtut.InstanceNorm2d)])
+@pytest.mark.parametrize(
+    "classes", [(nn.BatchNorm2d, normtut.BatchNorm2d), (nn.InstanceNorm2d, normtut.InstanceNorm2d)]
+)
 def test_reset_parameters_after_flipping_affine_on(classes):
     """affine set to True on a layer built without it: reset_parameters() fails as torch's does."""
     for cls in classes:

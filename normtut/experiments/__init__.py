@@ -1,4 +1,6 @@
-"""Experiments that train small models with normtut's layers; run them with ``python -m normtut.experiments``.
+"""Experiments that train small models with normtut's layers.
+
+Run them with ``python -m normtut.experiments``.
 
 small_batch  BatchNorm against GroupNorm (and LN, IN, SN) as the batch shrinks, on sklearn's digits.
 """

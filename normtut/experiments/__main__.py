@@ -1,4 +1,7 @@
-"""Command line: ``python -m normtut.experiments small-batch [--norms bn gn ...] [--out results.csv]``."""
+"""Command line for the experiments.
+
+Usage: ``python -m normtut.experiments small-batch [--norms bn gn ...] [--out results.csv]``
+"""
 
 from __future__ import annotations
 

@@ -62,7 +62,10 @@ class Digits:
 
 @dataclass
 class Result:
-    """One trained model's test error (%, eval mode); ``model`` is kept for inspection, not written out."""
+    """One trained model's test error (%, eval mode).
+
+    ``model`` is kept for inspection, not written out.
+    """
 
     norm: str
     batch_size: int
@@ -99,13 +102,17 @@ def build_model(norm: str, seed: int, **lenet_options) -> LeNet:
 
 
 def set_momentum(model: nn.Module, momentum: float | None) -> None:
-    """Set ``momentum`` of every layer with running statistics (None, a cumulative average, is BatchNorm's only)."""
+    """Set ``momentum`` of every layer with running statistics.
+
+    None (a cumulative average) is allowed for BatchNorm layers only.
+    """
     for m in model.modules():
         if getattr(m, "running_mean", None) is None:
             continue
         if momentum is None and not isinstance(m, BATCHNORMS):
             raise ValueError(
-                f"momentum=None (a cumulative average) is BatchNorm's; {type(m).__name__} needs a number"
+                "momentum=None (a cumulative average) is BatchNorm's; "
+                f"{type(m).__name__} needs a number"
             )
         m.momentum = momentum
 
@@ -174,7 +181,7 @@ def _with_batch_stats(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def normalized(model: nn.Module, x: Tensor, name: str, batch_size: int | None = None) -> Tensor:
-    """x_hat, the values BatchNorm layer ``name`` normalizes its input to (before its affine), for inputs ``x``.
+    """x_hat at BatchNorm layer ``name`` for inputs ``x``: its normalized input, before the affine.
 
     ``batch_size=None``: eval mode, the running statistics (as at test time). Otherwise every
     norm layer uses the statistics of batches of ``batch_size`` (as in training; a smaller
@@ -201,10 +208,11 @@ def normalized(model: nn.Module, x: Tensor, name: str, batch_size: int | None = 
 
 @torch.no_grad()
 def partner_predictions(model: nn.Module, x: Tensor, index: int) -> Tensor:
-    """The class predicted for ``x[index]`` in a batch of two with each other sample, with batch statistics.
+    """The class predicted for ``x[index]`` in a batch of two with each other sample.
 
-    Returns one prediction per partner (len(x) - 1): in training at B = 2 what the network
-    sees of an image depends on the image that shares its batch.
+    The norm layers use the pair's batch statistics. Returns one prediction per partner
+    (len(x) - 1): in training at B = 2 what the network sees of an image depends on the
+    image that shares its batch.
     """
     model = _with_batch_stats(model)
     partners = [j for j in range(len(x)) if j != index]
@@ -213,7 +221,7 @@ def partner_predictions(model: nn.Module, x: Tensor, index: int) -> Tensor:
 
 @torch.no_grad()
 def recalibrate(model: nn.Module, x: Tensor, batch_size: int | None = None) -> nn.Module:
-    """A copy of ``model`` with its BatchNorm running statistics re-estimated on ``x`` ("precise BN").
+    """A copy of ``model`` with BatchNorm running statistics re-estimated on ``x`` ("precise BN").
 
     The buffers are reset, then every batch of ``batch_size`` (default: all of ``x`` at
     once) counts equally (momentum None, a cumulative average). Only BatchNorm layers change.
@@ -319,7 +327,10 @@ def summarize(results: Sequence[Result]) -> dict[tuple[str, int], tuple[float, f
 
 
 def results_table(results: Sequence[Result]) -> str:
-    """Test error (%) as a text table: one row per norm, one column per batch size, mean ± sd over seeds."""
+    """Test error (%) as a text table, mean ± sd over seeds.
+
+    One row per norm, one column per batch size.
+    """
     summary = summarize(results)
     norms = list(dict.fromkeys(r.norm for r in results))
     sizes = sorted({r.batch_size for r in results})
@@ -432,7 +443,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the experiment from parsed arguments: progress on stderr, the table on stdout, optional CSV."""
+    """Run the experiment from parsed arguments.
+
+    Progress goes to stderr, the table to stdout and, with ``--out``, the results to a CSV file.
+    """
     if args.epochs < 1:
         raise SystemExit("small-batch: --epochs must be at least 1")
     if min(args.batch_sizes) < 2:
@@ -444,7 +458,8 @@ def main(args: argparse.Namespace) -> int:
         args.norms, args.batch_sizes, args.seeds, args.epochs, args.base_lr, args.momentum, progress
     )
     print(
-        f"LeNet on sklearn's digits ({N_TEST} test images), {args.epochs} epochs for every batch size B\n"
+        f"LeNet on sklearn's digits ({N_TEST} test images), "
+        f"{args.epochs} epochs for every batch size B\n"
         f"SGD, lr = {args.base_lr} * B / 32 annealed to 0; norm layers' momentum {args.momentum}"
     )
     print(results_table(results))
