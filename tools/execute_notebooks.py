@@ -23,7 +23,23 @@ def execute(path: str) -> None:
         resources={"metadata": {"path": os.path.dirname(path)}},
     )
     client.execute()
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = coalesce_streams(cell.outputs)
     nbformat.write(nb, path)
+
+
+def coalesce_streams(outputs: list) -> list:
+    """Merge consecutive stdout (or stderr) outputs: how the kernel split them is timing."""
+    merged: list = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if out.output_type == "stream" and prev is not None and prev.output_type == "stream":
+            if prev.name == out.name:
+                prev.text += out.text
+                continue
+        merged.append(out)
+    return merged
 
 
 if __name__ == "__main__":
