@@ -31,11 +31,13 @@ def verify_spatial_size(size: Sequence[int]) -> None:
         )
 
 
-def check_length(name: str, t: Tensor | None, expected: int, what: str = "channel") -> None:
-    if t is not None and t.numel() != expected:
-        raise RuntimeError(
-            f"{name} should contain {expected} elements (one per {what}), not {t.numel()}"
-        )
+def per_channel(C: int, **tensors: Tensor | None) -> None:
+    """Each tensor given (None aside) must hold C values, one per channel: else RuntimeError."""
+    for name, t in tensors.items():
+        if t is not None and t.numel() != C:
+            raise RuntimeError(
+                f"{name} should contain {C} elements (one per channel), not {t.numel()}"
+            )
 
 
 def compute_dtype(fn: str, input: Tensor, *others: Tensor | None) -> torch.dtype:
@@ -93,13 +95,7 @@ def batch_norm_args(input, running_mean, running_var, weight, bias, training, ep
             f"of shape {list(input.shape)}"
         )
     C = input.shape[1]
-    for name, t in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        check_length(name, t, C)
+    per_channel(C, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
     if not training:
         if running_mean is None:
             raise RuntimeError("running_mean must be defined in evaluation mode")
@@ -107,10 +103,9 @@ def batch_norm_args(input, running_mean, running_var, weight, bias, training, ep
             raise RuntimeError("running_var must be defined in evaluation mode")
     elif (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
-    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
-        if (
-            t is not None and t.dim() != 1
-        ):  # weight and bias may have any shape, the buffers may not
+    buffers = {"running_mean": running_mean, "running_var": running_var}
+    for name, t in buffers.items():  # weight and bias may have any shape, the buffers may not
+        if t is not None and t.dim() != 1:
             raise RuntimeError(
                 f"{name} must be a 1-D tensor of {C} values, got shape {list(t.shape)}"
             )
@@ -128,13 +123,7 @@ def instance_norm_args(input, running_mean, running_var, weight, bias, use_input
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     C = input.shape[1]
-    for name, t in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        check_length(name, t, C)
+    per_channel(C, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
 
 
 def layer_norm_args(input, normalized_shape: list[int], weight, bias) -> None:
