@@ -84,9 +84,8 @@ def batch_norm_args(input, running_mean, running_var, weight, bias, training, ep
     check_eps("batch_norm", eps, training)
     if input.numel() == 0:
         return
-    if (
-        input.dim() < 2
-    ):  # torch then sees C = 0: a RuntimeError, unless nothing per-channel is checked
+    # torch sees C = 0 here: a RuntimeError, unless there is nothing per-channel to check
+    if input.dim() < 2:
         nothing_checked = training and all(
             t is None for t in (running_mean, running_var, weight, bias)
         )

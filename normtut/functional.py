@@ -39,9 +39,8 @@ def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     that is large next to a std of 0.01.
     """
     mean = x.mean(dim=tuple(dims), keepdim=True)  # mu = 1/n sum x
-    mean = mean + (x - mean).mean(
-        dim=tuple(dims), keepdim=True
-    )  # mu += 1/n sum (x - mu): zero but for rounding
+    # mu += 1/n sum (x - mu): zero but for rounding
+    mean = mean + (x - mean).mean(dim=tuple(dims), keepdim=True)
     var = ((x - mean) ** 2).mean(dim=tuple(dims), keepdim=True)  # s2 = 1/n sum (x - mu)^2
     return mean, var
 
@@ -101,12 +100,8 @@ def batch_norm(
     running buffers normalize. Same signature and semantics as ``F.batch_norm``.
     """
     checks.batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
-    if (
-        input.numel() == 0
-    ):  # as in torch: an empty input comes back as an (empty) copy, buffers stay
-        out = (
-            input.clone() if weight is None else input * weight[0]
-        )  # weight[0], bias[0] keep the graph
+    if input.numel() == 0:  # as in torch: an empty copy comes back, the buffers stay
+        out = input.clone() if weight is None else input * weight[0]  # [0]: keeps the graph
         return out if bias is None else out + bias[0]
     C = input.shape[1]
     dtype = checks.compute_dtype("batch_norm", input, running_mean, running_var, weight, bias)

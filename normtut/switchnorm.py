@@ -74,13 +74,11 @@ class _SwitchableNorm(nn.Module):
         self.last_gamma = last_gamma
         state.register_affine(self, num_features, True, True, **factory)
         n_branches = len(self.branches)
-        self.mean_weight = nn.Parameter(
-            torch.empty(n_branches, **factory)
-        )  # logits, in self.branches' order
+        # The mixture logits, one per branch, in the order of self.branches.
+        self.mean_weight = nn.Parameter(torch.empty(n_branches, **factory))
         self.var_weight = nn.Parameter(torch.empty(n_branches, **factory))
-        state.register_running_stats(
-            self, num_features, using_bn, device, dtype
-        )  # BN statistics only
+        # Running statistics are kept for the BN branch only.
+        state.register_running_stats(self, num_features, using_bn, device, dtype)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
@@ -126,9 +124,8 @@ class _SwitchableNorm(nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         if self.training and self.using_bn:
-            checks.verify_batch_size(
-                input.shape
-            )  # the BN branch needs more than one value per channel
+            # The BN branch needs more than one value per channel.
+            checks.verify_batch_size(input.shape)
         checks.check_eps("switchable_norm", self.eps, self.training)
         C = input.shape[1]
         if C != self.num_features:
@@ -153,12 +150,9 @@ class _SwitchableNorm(nn.Module):
             variances.append(var_bn)
 
         w_mean, w_var = (w.to(dtype) for w in self.mixture_weights())
-        mean = sum(
-            w * m for w, m in zip(w_mean, means, strict=True)
-        )  # mu = sum_k softmax(mean_weight)_k mu_k
-        var = sum(
-            w * v for w, v in zip(w_var, variances, strict=True)
-        )  # s2 = sum_k softmax(var_weight)_k s2_k
+        # mu = sum_k softmax(mean_weight)_k mu_k,  s2 = sum_k softmax(var_weight)_k s2_k
+        mean = sum(w * m for w, m in zip(w_mean, means, strict=True))
+        var = sum(w * v for w, v in zip(w_var, variances, strict=True))
         y = F.normalize(x, mean, var, self.eps)
         return F.affine(y, self.weight.to(dtype), self.bias.to(dtype), shape).to(input.dtype)
 

@@ -194,16 +194,14 @@ def normalized(model: nn.Module, x: Tensor, name: str, batch_size: int | None = 
     if batch_size is None:
         model(x)
         handle.remove()
-        return F.batch_norm(
-            inputs[0], layer.running_mean, layer.running_var, eps=layer.eps
-        )  # (h - running) / ...
+        # (h - running_mean) / sqrt(running_var + eps)
+        return F.batch_norm(inputs[0], layer.running_mean, layer.running_var, eps=layer.eps)
     keep = len(x) - len(x) % batch_size
     for xb in x[:keep].split(batch_size):
         model(xb)
     handle.remove()
-    return torch.cat(
-        [F.batch_norm(h, None, None, training=True, eps=layer.eps) for h in inputs]
-    )  # batch stats
+    # Each batch normalized with its own statistics.
+    return torch.cat([F.batch_norm(h, None, None, training=True, eps=layer.eps) for h in inputs])
 
 
 @torch.no_grad()
