@@ -119,6 +119,8 @@ def test_cli_rejects_bad_arguments(capsys):
         main(["small-batch", "--batch-sizes", "1", "4"])
     with pytest.raises(SystemExit, match="at least 1"):
         main(["small-batch", "--epochs", "0"])
+    with pytest.raises(SystemExit, match="between 2 and 1440, got 5000"):
+        main(["small-batch", "--batch-sizes", "5000", "--no-progress"])
     with pytest.raises(SystemExit):
         main([])  # no experiment named
     capsys.readouterr()

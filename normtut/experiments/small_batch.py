@@ -452,9 +452,18 @@ def main(args: argparse.Namespace) -> int:
             "small-batch: every batch size must be at least 2 (BatchNorm needs two samples)"
         )
     progress = not args.no_progress and sys.stderr.isatty()
-    results = run(
-        args.norms, args.batch_sizes, args.seeds, args.epochs, args.base_lr, args.momentum, progress
-    )
+    try:
+        results = run(
+            args.norms,
+            args.batch_sizes,
+            args.seeds,
+            args.epochs,
+            args.base_lr,
+            args.momentum,
+            progress,
+        )
+    except ValueError as e:  # e.g. a batch size larger than the training set, a negative lr
+        raise SystemExit(f"small-batch: {e}") from None
     print(
         f"LeNet on sklearn's digits ({N_TEST} test images), "
         f"{args.epochs} epochs for every batch size B\n"
