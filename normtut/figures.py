@@ -113,5 +113,8 @@ def norm_cubes(
         ax.text(-0.3, n / 2, -0.5, "N", ha="right", va="top", fontsize=14)
         ax.text(-0.3, n, hw / 2, "H, W", ha="right", va="center", fontsize=14)
         ax.set_title(TITLES.get(method, method), fontsize=15)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.02, top=0.93, wspace=0.1, hspace=0.12)
+    # 3-D text is left out of a tight bounding box (Jupyter's default when it shows a figure),
+    # which would crop the "H, W" labels: an empty label at the left edge keeps them in.
+    fig.text(0.0, 0.5, " ")
+    fig.subplots_adjust(left=0.1, right=0.99, bottom=0.02, top=0.93, wspace=0.15, hspace=0.12)
     return fig
