@@ -86,6 +86,8 @@ class _NormBase(nn.Module):
 class _BatchNorm(_NormBase):
     """Per-channel statistics over (N, *spatial); subclasses say which input ranks are valid."""
 
+    # The same signature as _NormBase's, restated as torch does: a wrong keyword then raises
+    # "_BatchNorm.__init__() got an unexpected keyword argument", word for word torch's error.
     def __init__(
         self,
         num_features: int,
