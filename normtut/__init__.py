@@ -10,8 +10,7 @@ from .frozen import FrozenBatchNorm2d, freeze_batchnorm
 from .groupnorm import GroupNorm
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .layernorm import LayerNorm
-from .models import LeNet
-from .switchnorm import SwitchableNorm2d
+from .switchnorm import SwitchableNorm1d, SwitchableNorm2d
 
 __all__ = [
     "functional",
@@ -26,7 +25,7 @@ __all__ = [
     "GroupNorm",
     "FrozenBatchNorm2d",
     "freeze_batchnorm",
+    "SwitchableNorm1d",
     "SwitchableNorm2d",
     "get_norm_layer",
-    "LeNet",
 ]

@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from .. import functional as F
 from ..batchnorm import _BatchNorm
-from ..models import NORMS, LeNet
-from ..sn_digits import load_digits_tensors
+from .models import NORMS, LeNet
+from .sn_digits import load_digits_tensors
 
 BATCHNORMS = (_BatchNorm, nn.modules.batchnorm._BatchNorm)  # normtut's and torch's
 NORM_NAMES = tuple(NORMS)  # none, bn, gn, ln, in, sn

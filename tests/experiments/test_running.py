@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import normtut
-from normtut.running import running_stats_history
+from normtut.experiments.running import running_stats_history
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.9, None])

@@ -1,4 +1,4 @@
-"""Each bug of seed 002's from-scratch batch norm (normtut.d2l) has its documented consequence.
+"""Each bug of seed 002's from-scratch batch norm (normtut.experiments.d2l) has its documented consequence.
 
 The expected values come from torch: nn.BatchNorm1d/2d, F.batch_norm and torch.var_mean.
 """
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import normtut
-from normtut import d2l
+from normtut.experiments import d2l
 
 
 def _layer(num_features: int, num_dims: int) -> d2l.BatchNorm:
@@ -187,7 +187,7 @@ def test_normtut_matches_torch_where_the_specimen_does_not():
 
 
 def test_seed_lenet_with_the_specimen():
-    from normtut.models import LeNet
+    from normtut.experiments.models import LeNet
 
     with pytest.raises(AttributeError, match="beta"):
         LeNet(norm2d=lambda C: d2l.BatchNorm(C, 4), norm1d=lambda C: d2l.BatchNorm(C, 2))

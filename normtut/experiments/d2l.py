@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional import moments, normalize
+from ..functional import moments, normalize
 
 
 def batch_norm(

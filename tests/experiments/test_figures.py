@@ -1,4 +1,4 @@
-"""normtut.figures: which values share statistics (checked against torch), and what the cube figure shades."""
+"""normtut.experiments.figures: which values share statistics (checked against torch), and what the cube figure shades."""
 
 import matplotlib
 
@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from normtut.figures import METHODS, SHARED_COLOR, TITLES, norm_cubes, shared_block
+from normtut.experiments.figures import METHODS, SHARED_COLOR, TITLES, norm_cubes, shared_block
 
 N, C, H, W, G = 3, 6, 2, 3, 3
 

@@ -18,7 +18,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from .optim import SGD
+from ..optim import SGD
 
 
 def double_well(x: Tensor, barrier: float = 1.0, tilt: float = 0.5) -> Tensor:

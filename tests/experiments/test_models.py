@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from normtut.experiments.models import GN_MAX_GROUPS, NORM_SLOTS, NORMS, LeNet, SwitchableNorm1d
 from normtut.factory import group_norm_groups
-from normtut.models import GN_MAX_GROUPS, NORM_SLOTS, NORMS, LeNet, SwitchableNorm1d
 
 # short name -> (torch layer after a conv, torch layer after a linear), both C -> module
 TORCH_TWINS = {

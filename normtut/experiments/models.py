@@ -20,10 +20,10 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .batchnorm import BatchNorm1d
-from .factory import get_norm_layer, group_norm_layer
-from .layernorm import LayerNorm
-from .switchnorm import SwitchableNorm1d
+from ..batchnorm import BatchNorm1d
+from ..factory import get_norm_layer, group_norm_layer
+from ..layernorm import LayerNorm
+from ..switchnorm import SwitchableNorm1d
 
 # Short names (the experiment's) -> get_norm_layer's names.
 NORMS = {

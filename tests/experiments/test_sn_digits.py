@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from normtut import SwitchableNorm2d
-from normtut.sn_digits import (
+from normtut.experiments.sn_digits import (
     digits_convnet,
     load_digits_tensors,
     plot_mixtures,

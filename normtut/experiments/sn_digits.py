@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from .switchnorm import SwitchableNorm2d
+from ..switchnorm import SwitchableNorm2d
 
 
 def digits_convnet(norm_layer: Callable[[int], nn.Module], width: int = 8) -> nn.Sequential:

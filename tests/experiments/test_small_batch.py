@@ -17,7 +17,7 @@ from torch import nn
 
 from normtut.experiments import small_batch as sb
 from normtut.experiments.__main__ import main
-from normtut.models import NORM_SLOTS, SwitchableNorm1d
+from normtut.experiments.models import NORM_SLOTS, SwitchableNorm1d
 
 matplotlib.use("Agg")
 

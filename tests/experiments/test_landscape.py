@@ -7,7 +7,7 @@ from functools import partial
 import pytest
 import torch
 
-from normtut.landscape import (
+from normtut.experiments.landscape import (
     crossings,
     double_well,
     hilltop,
