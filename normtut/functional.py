@@ -3,7 +3,7 @@
 Every layer here is the same three steps:
 
 1. moments: the mean and the (biased) variance over a chosen set of axes,
-2. normalize: x_hat = (x - mean) / sqrt(var + eps),
+2. standardize: x_hat = (x - mean) / sqrt(var + eps),
 3. affine: y = x_hat * weight + bias.
 
 Only the axes differ. For an input of shape [N, C, H, W]:
@@ -45,7 +45,7 @@ def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
-def normalize(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
+def standardize(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
     """x_hat = (x - mean) / sqrt(var + eps)."""
     return (x - mean) / torch.sqrt(var + eps)
 
@@ -118,7 +118,7 @@ def batch_norm(
     else:
         mean, var = running_mean.to(dtype).reshape(shape), running_var.to(dtype).reshape(shape)
 
-    y = normalize(x, mean, var, eps)
+    y = standardize(x, mean, var, eps)
     return affine(y, _cast(weight, dtype), _cast(bias, dtype), shape).to(input.dtype)
 
 
@@ -156,7 +156,7 @@ def instance_norm(
     else:
         mean, var = running_mean.to(dtype).reshape(shape), running_var.to(dtype).reshape(shape)
 
-    y = normalize(x, mean, var, eps)
+    y = standardize(x, mean, var, eps)
     return affine(y, _cast(weight, dtype), _cast(bias, dtype), shape).to(input.dtype)
 
 
@@ -179,7 +179,7 @@ def layer_norm(
 
     dims = range(x.dim() - k, x.dim())  # LN: the trailing normalized_shape axes
     mean, var = moments(x, dims)
-    y = normalize(x, mean, var, eps)
+    y = standardize(x, mean, var, eps)
     return affine(y, _cast(weight, dtype), _cast(bias, dtype), normalized_shape).to(input.dtype)
 
 
@@ -202,7 +202,7 @@ def group_norm(
 
     grouped = x.reshape(N, num_groups, C // num_groups, *x.shape[2:])  # [N, G, C/G, *spatial]
     mean, var = moments(grouped, range(2, grouped.dim()))  # GN: (C/G, *spatial) in each group
-    y = normalize(grouped, mean, var, eps).reshape(x.shape)
+    y = standardize(grouped, mean, var, eps).reshape(x.shape)
     return affine(y, _cast(weight, dtype), _cast(bias, dtype), _channel_shape(input)).to(
         input.dtype
     )

@@ -153,7 +153,7 @@ class _SwitchableNorm(nn.Module):
         # mu = sum_k softmax(mean_weight)_k mu_k,  s2 = sum_k softmax(var_weight)_k s2_k
         mean = sum(w * m for w, m in zip(w_mean, means, strict=True))
         var = sum(w * v for w, v in zip(w_var, variances, strict=True))
-        y = F.normalize(x, mean, var, self.eps)
+        y = F.standardize(x, mean, var, self.eps)
         return F.affine(y, self.weight.to(dtype), self.bias.to(dtype), shape).to(input.dtype)
 
     def _update_running(self, mean_bn: Tensor, var_bn: Tensor, n: int) -> None:

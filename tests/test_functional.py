@@ -66,7 +66,7 @@ def test_moments_large_offset_float32(shape):
     ).max() > 1.0  # off by more than the variance itself
     # normalize() with our moments is as good as torch's own kernel, or better
     exact = (x.double() - mean64) / torch.sqrt(var64 + 1e-5)
-    err_ours = (F.normalize(x, mean, var, 1e-5).double() - exact).abs().max()
+    err_ours = (F.standardize(x, mean, var, 1e-5).double() - exact).abs().max()
     err_torch = (TF.batch_norm(x, None, None, training=True).double() - exact).abs().max()
     assert err_ours <= max(err_torch, 5e-3), (err_ours, err_torch)
 
@@ -85,10 +85,10 @@ def test_normalize_and_affine_match_batch_norm_eval(eps):
     var, mean = torch.var_mean(x, dim=(0, 2), correction=0, keepdim=True)
     w, b = torch.rand(3, dtype=torch.float64) + 0.5, torch.randn(3, dtype=torch.float64)
     ref = TF.batch_norm(x, mean.flatten(), var.flatten(), training=False, eps=eps)
-    torch.testing.assert_close(F.normalize(x, mean, var, eps), ref, **F64)
+    torch.testing.assert_close(F.standardize(x, mean, var, eps), ref, **F64)
     ref_affine = TF.batch_norm(x, mean.flatten(), var.flatten(), w, b, training=False, eps=eps)
     torch.testing.assert_close(
-        F.affine(F.normalize(x, mean, var, eps), w, b, (1, 3, 1)), ref_affine, **F64
+        F.affine(F.standardize(x, mean, var, eps), w, b, (1, 3, 1)), ref_affine, **F64
     )
     plain = TF.batch_norm(
         x, torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), w, None, eps=0.0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..functional import moments, normalize
+from ..functional import moments, standardize
 
 
 def batch_norm(
@@ -36,7 +36,7 @@ def batch_norm(
     new batch).
     """
     if not is_training:
-        X_hat = normalize(X, moving_mean, moving_var, eps)  # (X - mean) / sqrt(var + eps)
+        X_hat = standardize(X, moving_mean, moving_var, eps)  # (X - mean) / sqrt(var + eps)
     else:
         assert len(X.shape) in (2, 4)
         # BUG: always true (meant `== 2`): a 4-D input takes the fully-connected branch.
@@ -47,7 +47,7 @@ def batch_norm(
         else:
             # The convolutional branch, per channel over (N, H, W): never reached.
             mean, var = moments(X, [0, 2, 3])
-        X_hat = normalize(X, mean, var, eps)  # (X - mean) / sqrt(var + eps)
+        X_hat = standardize(X, mean, var, eps)  # (X - mean) / sqrt(var + eps)
         # Keras-style update: new = momentum * old + (1 - momentum) * batch.
         moving_mean = momentum * moving_mean + (1.0 - momentum) * mean
         # BUG: the biased batch variance feeds the estimate (torch: the unbiased one).
