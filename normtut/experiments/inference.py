@@ -61,8 +61,8 @@ def rounding_errors(model: nn.Module, x: Tensor, dtype: torch.dtype) -> dict[str
 
     Three variants: the model as it is, folded in its own dtype and then cast, and cast to
     ``dtype`` first and then folded (the folding arithmetic itself in ``dtype``). For each:
-    the largest |output - float64 output| and how many rows' argmax differ from float64's.
-    The model is not changed; the copies run in eval mode.
+    the mean and the largest |output - float64 output|, and how many rows' argmax differ
+    from float64's. The model is not changed; the copies run in eval mode.
     """
     exact = copy.deepcopy(model).double().eval()(x.double())
     variants = {
@@ -73,8 +73,10 @@ def rounding_errors(model: nn.Module, x: Tensor, dtype: torch.dtype) -> dict[str
     rows = {}
     for name, variant in variants.items():
         y = variant.eval()(x.to(dtype)).double()
+        error = (y - exact).abs()
         rows[name] = {
-            "max_abs_error": (y - exact).abs().max().item(),
+            "mean_abs_error": error.mean().item(),
+            "max_abs_error": error.max().item(),
             "changed_predictions": int((y.argmax(1) != exact.argmax(1)).sum()),
         }
     return rows
@@ -90,10 +92,11 @@ CONTEXTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
 def switches(make_bn: Callable[[], nn.Module], x: Tensor) -> list[dict[str, object]]:
     """Run a fresh ``make_bn()`` on ``x`` in train and eval mode under each of CONTEXTS.
 
-    One row per combination: which statistics normalized (batch or running, found by
-    comparing with both), whether the running statistics moved, whether autograd recorded
-    a graph (the output has a grad_fn), whether the output is an inference tensor, and its
-    version counter (None where the tensor has none). Leaves requiring grad: the input.
+    One row per combination: which ``statistics`` normalized (batch or running, found by
+    comparing with both), whether the running statistics moved (``buffers move``), whether
+    autograd recorded a ``graph`` (the output has a grad_fn), whether the output is an
+    ``inference`` tensor, and its ``version`` counter (None where the tensor has none).
+    The input is a leaf that requires grad.
     """
     rows = []
     for mode in ("train", "eval"):
@@ -114,10 +117,10 @@ def switches(make_bn: Callable[[], nn.Module], x: Tensor) -> list[dict[str, obje
                     "mode": mode,
                     "context": context,
                     "statistics": "batch" if torch.allclose(y, batch) else "running",
-                    "buffers updated": not torch.equal(bn.running_mean, before),
-                    "graph recorded": y.grad_fn is not None,
-                    "inference tensor": torch.is_inference(y),
-                    "version counter": None if torch.is_inference(y) else y._version,
+                    "buffers move": not torch.equal(bn.running_mean, before),
+                    "graph": y.grad_fn is not None,
+                    "inference": torch.is_inference(y),
+                    "version": None if torch.is_inference(y) else y._version,
                 }
             )
     return rows

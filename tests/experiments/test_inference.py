@@ -72,7 +72,7 @@ def test_rounding_errors():
     assert exact["cast, then folded"]["max_abs_error"] < 1e-12
     assert 1e-12 < exact["folded, then cast"]["max_abs_error"] < 1e-5
     rows = rounding_errors(model, x, torch.float32)
-    assert all(0 < r["max_abs_error"] < 1e-4 for r in rows.values())
+    assert all(0 < r["mean_abs_error"] <= r["max_abs_error"] < 1e-4 for r in rows.values())
     assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
@@ -84,6 +84,6 @@ def test_switches_match_torch():
     by = {(r["mode"], r["context"]): r for r in theirs}
     # Only eval() changes the statistics; only the contexts stop the graph.
     assert by["train", "no_grad()"]["statistics"] == "batch"
-    assert by["train", "inference_mode()"]["buffers updated"]
-    assert not by["eval", "(none)"]["buffers updated"] and by["eval", "(none)"]["graph recorded"]
-    assert by["eval", "inference_mode()"]["version counter"] is None
+    assert by["train", "inference_mode()"]["buffers move"]
+    assert not by["eval", "(none)"]["buffers move"] and by["eval", "(none)"]["graph"]
+    assert by["eval", "inference_mode()"]["version"] is None
