@@ -48,7 +48,7 @@ def fuse_conv_bn_weights(
     As ``torch.nn.utils.fusion.fuse_conv_bn_weights``: the math runs in the promoted
     dtype of the two layers and is cast back to the convolution's dtypes; a missing
     conv bias counts as 0, a missing BN weight as 1 and BN bias as 0.
-    ``transpose=True`` is for a ConvTranspose weight [C_in, C_out / groups, *k];
+    ``transpose=True`` is for a ConvTranspose weight ``[C_in, C_out / groups, *k]``;
     ``groups`` (keyword-only, normtut's addition) is then needed when it is above 1,
     where torch's version fails.
     """

@@ -61,8 +61,9 @@ def rounding_errors(model: nn.Module, x: Tensor, dtype: torch.dtype) -> dict[str
 
     Three variants: the model as it is, folded in its own dtype and then cast, and cast to
     ``dtype`` first and then folded (the folding arithmetic itself in ``dtype``). For each:
-    the mean and the largest |output - float64 output|, and how many rows' argmax differ
-    from float64's. The model is not changed; the copies run in eval mode.
+    the mean and the largest absolute difference from the float64 output, and how many
+    rows' argmax differ from float64's. The model is not changed; the copies run in eval
+    mode.
     """
     exact = copy.deepcopy(model).double().eval()(x.double())
     variants = {
