@@ -41,6 +41,7 @@ notebooks: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/fold.py
 
 clean:
 	rm -rf _build .pytest_cache

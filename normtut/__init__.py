@@ -7,6 +7,13 @@ from . import functional, optim
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .factory import get_norm_layer
 from .frozen import FrozenBatchNorm2d, freeze_batchnorm
+from .fusion import (
+    fold_batchnorm,
+    fuse_conv_bn_eval,
+    fuse_conv_bn_weights,
+    fuse_linear_bn_eval,
+    fuse_linear_bn_weights,
+)
 from .groupnorm import GroupNorm
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .layernorm import LayerNorm
@@ -28,4 +35,9 @@ __all__ = [
     "SwitchableNorm1d",
     "SwitchableNorm2d",
     "get_norm_layer",
+    "fuse_conv_bn_eval",
+    "fuse_linear_bn_eval",
+    "fuse_conv_bn_weights",
+    "fuse_linear_bn_weights",
+    "fold_batchnorm",
 ]
