@@ -12,11 +12,15 @@ Two directives for the API reference (``book/api.md``):
     subcommands, taken from the very ``argparse`` parser that ``MODULE.__main__.main``
     builds, so the page cannot drift from the program.
 
-and two repairs of the stack: Sphinx 7.4 writes every inline ``<script>`` that an
-extension adds after the builder starts twice (sphinx-thebe's ``const THEBE_JS_URL = ...``
-then throws "Identifier 'THEBE_JS_URL' has already been declared" on every page), so each
-page keeps one copy; and sphinx-thebe writes its Binder settings, naming a sample
-repository, into every page although no launch button is on: they are dropped.
+A citation style: author-year in round brackets, "Ioffe and Szegedy (2015)" and
+"(Wu and He, 2018)" (``bibtex_reference_style: author_year_round``; sphinxcontrib-bibtex's
+own ``author_year`` uses square ones).
+
+Two repairs of the stack: Sphinx 7.4 writes every inline ``<script>`` that an extension
+adds after the builder starts twice (sphinx-thebe's ``const THEBE_JS_URL = ...`` then
+throws "Identifier 'THEBE_JS_URL' has already been declared" on every page), so each page
+keeps one copy; and sphinx-thebe writes its Binder settings, naming a sample repository,
+into every page although no launch button is on: they are dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import importlib
 import os
 import types
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from docutils import nodes
 from docutils.statemachine import StringList
@@ -33,8 +38,26 @@ from sphinx.application import Sphinx
 from sphinx.errors import ExtensionError
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
+from sphinxcontrib.bibtex.plugin import register_plugin
+from sphinxcontrib.bibtex.style.referencing import BracketStyle
+from sphinxcontrib.bibtex.style.referencing.author_year import AuthorYearReferenceStyle
 
 HELP_COLUMNS = 80  # argparse wraps help text to $COLUMNS - 2
+
+
+def round_brackets() -> BracketStyle:
+    return BracketStyle(left="(", right=")")
+
+
+@dataclass
+class AuthorYearRound(AuthorYearReferenceStyle):
+    """Author-year citations in round brackets."""
+
+    bracket_parenthetical: BracketStyle = field(default_factory=round_brackets)
+    bracket_textual: BracketStyle = field(default_factory=round_brackets)
+    bracket_author: BracketStyle = field(default_factory=round_brackets)
+    bracket_label: BracketStyle = field(default_factory=round_brackets)
+    bracket_year: BracketStyle = field(default_factory=round_brackets)
 
 
 class AutoModules(SphinxDirective):
@@ -148,6 +171,7 @@ def drop_thebe_config(app: Sphinx, doctree: nodes.document, docname: str) -> Non
 
 
 def setup(app: Sphinx) -> dict[str, object]:
+    register_plugin("sphinxcontrib.bibtex.style.referencing", "author_year_round", AuthorYearRound)
     app.add_directive("automodules", AutoModules)
     app.add_directive("program-help", ProgramHelp)
     app.connect("html-page-context", drop_duplicate_scripts)

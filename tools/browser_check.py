@@ -70,8 +70,8 @@ async () => {
   for (const a of document.querySelectorAll('a[href]')) {
     out.links.push({href: a.href, text: (a.textContent || '').trim().slice(0, 60)});
   }
-  out.list_items = [...document.querySelectorAll('article li[id]')].map(
-      e => [e.id, e.textContent.trim().slice(0, 70)]);
+  out.list_items = [...document.querySelectorAll('article div.citation[id], article li[id]')].map(
+      e => [e.id, (e.querySelector('p') || e).textContent.trim().slice(0, 70)]);
   for (const a of document.querySelectorAll('a.btn-download-source-button')) {
     out.download.push(a.href);
   }

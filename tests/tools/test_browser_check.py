@@ -137,3 +137,16 @@ def test_check_api_names_what_is_missing(tmp_path: Path) -> None:
     page = bc.Page(tmp_path / "api.html", data={"ids": sorted(ids - {"normtut.BatchNorm2d"})})
     assert bc.check_api({page.path: page}) == ["API reference: no entry for normtut.BatchNorm2d"]
     assert bc.check_api({}) == []  # a build without the API reference
+
+
+def test_citations_counts_entries_linked_from_other_pages(tmp_path: Path) -> None:
+    bib, chapter = tmp_path / "bibliography.html", tmp_path / "chapter.html"
+    bib_page = bc.Page(
+        bib,
+        data={
+            "list_items": [["id2", "Ioffe and Szegedy"], ["id3", "Wu and He"]],
+            "links": [{"href": bib.as_uri() + "#id3", "text": "self"}],  # not a citation
+        },
+    )
+    chapter_page = bc.Page(chapter, data={"links": [{"href": bib.as_uri() + "#id2", "text": ""}]})
+    assert bc.citations({bib: bib_page, chapter: chapter_page}) == (1, ["Wu and He"])
