@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 NB      ?= $(sort $(wildcard book/*.ipynb))
 
-.PHONY: book test unit nbval bookcheck notebooks lint bench clean
+.PHONY: book test chromium unit nbval bookcheck browsercheck notebooks lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,9 +20,9 @@ book: $(STAMP)
 	@echo
 	@echo "Open the book: file://$(CURDIR)/_build/html/index.html"
 
-test: unit nbval bookcheck lint
+test: chromium unit nbval bookcheck browsercheck lint
 
-unit: $(STAMP)
+unit: $(STAMP) chromium
 	$(BIN)/python -m pytest tests -q
 
 nbval: $(STAMP)
@@ -30,6 +30,18 @@ nbval: $(STAMP)
 
 bookcheck: $(STAMP)
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
+
+# Every page of the built book in a real browser (tools/browser_check.py): JavaScript errors,
+# unrendered math, broken images and links, listings wider than the column, search.
+browsercheck: $(STAMP) chromium bookcheck
+	$(BIN)/python tools/browser_check.py _build/html
+
+# The browser test drives the system's Chromium; say how to get it rather than skip the test.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "make test needs Chromium for the browser test (tools/browser_check.py)."; \
+	  echo "Install it, e.g. on Debian/Ubuntu:  sudo apt-get install -y chromium"; \
+	  exit 1; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check normtut tests benchmarks tools

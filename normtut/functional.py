@@ -6,7 +6,7 @@ Every layer here is the same three steps:
 2. standardize: x_hat = (x - mean) / sqrt(var + eps),
 3. affine: y = x_hat * weight + bias.
 
-Only the axes differ. For an input of shape [N, C, H, W]:
+Only the axes differ. For an input of shape [N, C, H, W]::
 
     batch_norm     axes (N, H, W)       one mean per channel
     instance_norm  axes (H, W)          one mean per sample and channel
@@ -34,7 +34,7 @@ def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes).
 
     Two passes: subtract the mean first, then average the squares. The one-pass
-    formula E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std. The mean gets
+    formula E[x^2] - E[x]^2 cancels catastrophically when ``|mean| >> std``. The mean gets
     one correction step: summing n values near 1000 in float32 leaves a rounding error
     that is large next to a std of 0.01.
     """
@@ -93,7 +93,7 @@ def batch_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Batch normalization: statistics per channel over (N, *spatial).
+    """Batch normalization: statistics per channel over ``(N, *spatial)``.
 
     In training the batch statistics normalize and, if given, the running buffers are
     updated in place (the running variance with the unbiased batch variance). In eval the
@@ -190,7 +190,7 @@ def group_norm(
     bias: Tensor | None = None,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Group normalization: statistics per sample and group over (C/G, *spatial).
+    """Group normalization: statistics per sample and group over ``(C/G, *spatial)``.
 
     The C channels are split into ``num_groups`` groups of C/G consecutive channels;
     ``weight`` and ``bias`` are per channel.

@@ -1,7 +1,7 @@
 """SGD with momentum, written as the plain loop behind ``torch.optim.SGD``.
 
 For every parameter theta with gradient g (lr gamma, momentum mu, dampening tau,
-weight decay lambda):
+weight decay lambda)::
 
     g   <- -g                   if maximize
     g   <- g + lambda * theta   if lambda != 0
