@@ -338,7 +338,7 @@ def _series(
     if target is not None:
         ax.axhline(target, color="black", lw=0.8, ls="--", zorder=0)
     ax.set_xlabel("batches seen")
-    ax.set_ylabel("running_mean")
+    ax.set_ylabel("mean of the channel")
 
 
 def running_mean_trace(
@@ -419,7 +419,8 @@ def double_well_plot(
         y = loss(torch.tensor(x, dtype=torch.float64)).item()
         left.plot(x, y, "o", color="black", ms=4)
         left.annotate(name, (x, y), xytext=(0, 8), textcoords="offset points", ha="center")
-    left.set(xlabel="x", ylabel="loss", ylim=(-1, 6), title="the loss")
+    top = max(loss(torch.tensor(x, dtype=torch.float64)).item() for x in points.values())
+    left.set(xlabel="x", ylabel="loss", ylim=(-1, max(6.0, top + 1.5)), title="the loss")
     levels = {k: v for k, v in points.items() if k != "start"}
     paths_plot(paths, levels, title=title, ax=right)
     fig.tight_layout()
