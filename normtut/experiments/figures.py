@@ -136,14 +136,16 @@ BATCH_COLOR = "#e08a2e"  # the batch's statistics
 RUNNING_COLOR = "#3b75c4"  # the running buffers
 UPDATE_COLOR = "#2f9e44"  # an update of the buffers
 IDLE_COLOR = "#b8b8b8"  # a path the case does not take
+FLOW_FONT = 10.5  # the figure is shown about 700 px wide: keep its text readable there
 
 
 def batchnorm_case(training: bool, track_running_stats: bool) -> dict[str, str]:
-    """What a BatchNorm layer does in one case (as torch 2.13's ``_BatchNorm.forward``).
+    """What a BatchNorm layer does in one case, as torch 2.13's ``_BatchNorm.forward``.
 
-    ``normalize``: "batch" (this batch's mean and biased variance) or "running" (the buffers).
-    ``buffers``: "updated" (moved towards the batch, counter += 1), "read" (used as they are)
-    or "none" (the layer has no buffers: they are ``None``).
+    ``normalize``: "batch" (this batch's mean and biased variance)
+    or "running" (the buffers).
+    ``buffers``: "updated" (moved towards the batch, counter += 1),
+    "read" (used as they are) or "none" (the buffers are ``None``).
     """
     if not track_running_stats:
         return {"normalize": "batch", "buffers": "none"}
@@ -161,6 +163,7 @@ def _box(
     color: str,
     active: bool,
     gid: str,
+    fontsize: float = FLOW_FONT,
 ) -> None:
     ax.add_patch(
         FancyBboxPatch(
@@ -182,7 +185,7 @@ def _box(
         text,
         ha="center",
         va="center",
-        fontsize=9,
+        fontsize=fontsize,
         color="black" if active else "#8a8a8a",
     )
 
@@ -216,7 +219,7 @@ def _arrow(
             mid[0] + 0.15,
             mid[1],
             label,
-            fontsize=8,
+            fontsize=FLOW_FONT - 1,
             va="center",
             ha="left",
             color=color if active else "#8a8a8a",
@@ -228,68 +231,62 @@ def _flow_panel(ax: Axes, training: bool, track_running_stats: bool) -> None:
     batch, running = case["normalize"] == "batch", case["normalize"] == "running"
     updated, has_buffers = case["buffers"] == "updated", case["buffers"] != "none"
     ax.set_xlim(0, 10)
-    ax.set_ylim(0, 6.6)
+    ax.set_ylim(0, 6.8)
     ax.set_axis_off()
-    _box(ax, (0.1, 3.4), 1.8, 1.1, "input x\n[N, C, H, W]", "#555555", True, "input")
-    _box(
-        ax,
-        (3.0, 3.4),
-        2.9,
-        1.1,
-        "this batch's\n" + r"$\mu_B$, $\sigma_B^2$ per channel",
-        BATCH_COLOR,
-        batch,
-        "batch-stats",
-    )
+    _box(ax, (0.0, 3.4), 1.9, 1.2, "input x", "#555555", True, "input")
+    stats = "this batch's\n" + r"$\mu_B$, $\sigma_B^2$"
+    _box(ax, (2.6, 3.4), 3.2, 1.2, stats, BATCH_COLOR, batch, "batch-stats")
     formula = r"$y = \gamma\,\frac{x-\mu}{\sqrt{\sigma^2+\epsilon}} + \beta$"
-    _box(ax, (7.0, 3.4), 2.9, 1.1, formula, "#555555", True, "normalize")
-    buffers = (
-        "running_mean\nrunning_var\nnum_batches_tracked" if has_buffers else "no buffers\n(None)"
-    )
-    _box(ax, (3.0, 0.75), 2.9, 1.45, buffers, RUNNING_COLOR, running or updated, "buffers")
+    _box(ax, (6.5, 3.4), 3.35, 1.2, formula, "#555555", True, "normalize")
+    names = "running_mean\nrunning_var\nnum_batches_tracked"
+    buffers = names if has_buffers else "no buffers\n(None)"
+    active = running or updated
+    _box(ax, (2.5, 0.85), 3.4, 1.75, buffers, RUNNING_COLOR, active, "buffers", FLOW_FONT - 1.5)
     # x itself always reaches the formula; its statistics take one of two routes.
-    _arrow(ax, (1.0, 4.5), (8.45, 4.5), "#555555", True, "x-to-normalize", rad=-0.22)
-    _arrow(ax, (1.9, 3.95), (3.0, 3.95), "#555555", batch, "x-to-batch")
-    _arrow(ax, (5.9, 3.95), (7.0, 3.95), BATCH_COLOR, batch, "batch-normalizes")
+    _arrow(ax, (0.95, 4.6), (8.25, 4.6), "#555555", True, "x-to-normalize", rad=-0.2)
+    _arrow(ax, (1.9, 4.0), (2.6, 4.0), "#555555", batch, "x-to-batch")
+    _arrow(ax, (5.8, 4.0), (6.5, 4.0), BATCH_COLOR, batch, "batch-normalizes")
     _arrow(
         ax,
-        (5.9, 1.5),
-        (7.7, 3.4),
+        (5.8, 1.7),
+        (7.4, 3.4),
         RUNNING_COLOR,
         running,
         "running-normalizes",
-        label="μ, σ² = buffers" if running else "",
+        label="μ, σ²" if running else "",
     )
     _arrow(
         ax,
-        (4.45, 3.4),
-        (4.45, 2.2),
+        (4.2, 3.4),
+        (4.2, 2.6),
         UPDATE_COLOR,
         updated,
         "update",
         label="update" if updated else "",
     )
     if updated:
-        note = (
-            "buffers move: r ← (1 − m)·r + m·s, num_batches_tracked += 1\n"
-            "(s: the batch mean, and the unbiased batch variance)"
-        )
+        note = "buffers move towards the batch\n(the unbiased variance); count += 1"
     elif running:
-        note = "buffers are read, not changed; the batch's statistics are not computed"
+        note = "buffers are read, not changed"
     else:
-        note = "nothing is stored, nothing is updated"
-    stats = "this batch's μ and σ² (biased)" if batch else "the buffers running_mean, running_var"
+        note = "nothing is stored or updated"
+    where = "this batch's μ, σ²" if batch else "the buffers"
     ax.text(
-        0.1,
-        6.25,
-        f"normalizes with {stats}",
-        fontsize=9.5,
+        0.0,
+        6.7,
+        f"normalizes with {where}",
+        fontsize=FLOW_FONT + 0.5,
         fontweight="bold",
         color=BATCH_COLOR if batch else RUNNING_COLOR,
         va="top",
     )
     ax.text(
-        0.1, 0.05, note, fontsize=8.5, va="bottom", color=UPDATE_COLOR if updated else "#555555"
+        0.0,
+        0.0,
+        note,
+        fontsize=FLOW_FONT - 1,
+        va="bottom",
+        color=UPDATE_COLOR if updated else "#555555",
     )
 
 
@@ -300,14 +297,14 @@ def batchnorm_flow() -> Figure:
     ``False``. Each panel shows which statistics normalize (batch or running, colored),
     whether the buffers are updated, read or absent; paths not taken are grey and dashed.
     """
-    fig, axes = plt.subplots(2, 2, figsize=(11.5, 7.2))
+    fig, axes = plt.subplots(2, 2, figsize=(9.6, 7.6))
     for row, track in enumerate((True, False)):
         for col, training in enumerate((True, False)):
             ax = axes[row, col]
             _flow_panel(ax, training, track)
             mode = "model.train()" if training else "model.eval()"
-            ax.set_title(f"{mode},  track_running_stats={track}", fontsize=11)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.04, hspace=0.12)
+            ax.set_title(f"{mode}, track_running_stats={track}", fontsize=FLOW_FONT + 1.5)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.94, wspace=0.08, hspace=0.16)
     return fig
 
 
@@ -354,7 +351,7 @@ def running_mean_trace(
     ``zoom_last`` adds a second panel with the last that many batches.
     """
     panels = 1 if zoom_last is None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.8 * panels, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 if panels == 1 else 9.8, 3.6), squeeze=False)
     left = axes[0, 0]
     _series(left, batch_means, runs, target, 0)
     left.set_title("from the initial 0" + ("" if target is None else f" (dashed: mean {target:g})"))
@@ -412,7 +409,7 @@ def double_well_plot(
     loss, points: Mapping[str, float], paths: Mapping[str, torch.Tensor], title: str = ""
 ) -> Figure:
     """Left: the 1-D ``loss`` with named ``points``; right: ``paths_plot`` of the runs."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.8, 3.8))
     xs = torch.linspace(-1.8, 2.1, 400, dtype=torch.float64)
     left.plot(xs, loss(xs), color="black", lw=1)
     for name, x in points.items():

@@ -147,7 +147,7 @@ def test_batchnorm_flow_colors_the_paths_each_case_takes():
         by_title = {ax.get_title(): ax for ax in fig.axes}
         for training, track in CASES:
             mode = "model.train()" if training else "model.eval()"
-            ax = by_title[f"{mode},  track_running_stats={track}"]
+            ax = by_title[f"{mode}, track_running_stats={track}"]
             colors = _patch_colors(ax)
             case = batchnorm_case(training, track)
             idle = mcolors.to_rgba(IDLE_COLOR)
