@@ -3,7 +3,9 @@
 This is *not* a layer to use. It re-creates the behaviour of the Dive-into-Deep-Learning
 style code in seed 002 (a ``batch_norm`` function and a ``BatchNorm`` module) so that
 each of its bugs can be run and compared with ``torch.nn.BatchNorm*``. Every bug is kept
-and marked ``# BUG:``. The corrected implementation is ``normtut.batchnorm``.
+and marked ``# BUG`` with where it comes from: "(post)" if seed 002 added it, "(D2L)" if
+the D2L code it follows has it too (chapter 4 cites the files). The corrected
+implementation is ``normtut.batchnorm``.
 
 One switch exists, ``BatchNorm(..., fix_beta_typo=True)``: as written, the class cannot
 be built at all (``self.beta == ...`` compares instead of assigning, and reading the
@@ -39,7 +41,7 @@ def batch_norm(
         X_hat = standardize(X, moving_mean, moving_var, eps)  # (X - mean) / sqrt(var + eps)
     else:
         assert len(X.shape) in (2, 4)
-        # BUG: always true (meant `== 2`): a 4-D input takes the fully-connected branch.
+        # BUG (post): always true (D2L has `== 2`): a 4-D input takes the FC branch.
         if len(X.shape):
             # Over the batch axis only: one statistic per feature, or per (c, h, w).
             mean, var = moments(X, [0])
@@ -50,7 +52,7 @@ def batch_norm(
         X_hat = standardize(X, mean, var, eps)  # (X - mean) / sqrt(var + eps)
         # Keras-style update: new = momentum * old + (1 - momentum) * batch.
         moving_mean = momentum * moving_mean + (1.0 - momentum) * mean
-        # BUG: the biased batch variance feeds the estimate (torch: the unbiased one).
+        # BUG (D2L): the biased batch variance feeds the estimate (torch: the unbiased one).
         moving_var = momentum * moving_var + (1.0 - momentum) * var
     Y = gamma * X_hat + beta  # y = gamma * x_hat + beta
     return Y, moving_mean.data, moving_var.data
@@ -69,20 +71,20 @@ class BatchNorm(nn.Module):
         if fix_beta_typo:
             self.beta = nn.Parameter(torch.zeros(shape))
         else:
-            # BUG: `==` compares instead of assigning; reading the missing
+            # BUG (post): `==` compares instead of assigning; reading the missing
             # self.beta raises AttributeError.
             self.beta == nn.Parameter(torch.zeros(shape))  # noqa: B015
-        # BUG: plain tensor attributes, not registered buffers:
+        # BUG (D2L): plain tensor attributes, not registered buffers:
         # absent from state_dict, ignored by .to().
         self.moving_mean = torch.zeros(shape)
-        self.moving_var = torch.zeros(shape)  # BUG: starts at 0, not 1
+        self.moving_var = torch.zeros(shape)  # BUG (D2L until 2021): starts at 0, not 1
 
     def forward(self, X: Tensor) -> Tensor:
         # Follow the input's device (nothing else ever moves the plain attributes).
         if self.moving_mean.device != X.device:
             self.moving_mean = self.moving_mean.to(X.device)
             self.moving_var = self.moving_var.to(X.device)
-        # BUG: moving_var and moving_mean passed in swapped order
+        # BUG (post): moving_var and moving_mean passed in swapped order
         # (the function expects the mean first).
         Y, self.moving_mean, self.moving_var = batch_norm(
             self.training,
