@@ -5,11 +5,22 @@ Each layer is a drop-in for its ``torch.nn`` twin (torch 2.13) and is tested aga
 
 from . import functional, optim
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .convert import convert_norm_layers
 from .factory import get_norm_layer
 from .frozen import FrozenBatchNorm2d, freeze_batchnorm
 from .groupnorm import GroupNorm
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 from .layernorm import LayerNorm
+from .lazy import (
+    LazyBatchNorm1d,
+    LazyBatchNorm2d,
+    LazyBatchNorm3d,
+    LazyInstanceNorm1d,
+    LazyInstanceNorm2d,
+    LazyInstanceNorm3d,
+)
+from .localresponsenorm import LocalResponseNorm
+from .rmsnorm import RMSNorm
 from .switchnorm import SwitchableNorm1d, SwitchableNorm2d
 
 __all__ = [
@@ -18,14 +29,23 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
+    "LazyInstanceNorm1d",
+    "LazyInstanceNorm2d",
+    "LazyInstanceNorm3d",
     "LayerNorm",
     "GroupNorm",
+    "RMSNorm",
+    "LocalResponseNorm",
     "FrozenBatchNorm2d",
     "freeze_batchnorm",
     "SwitchableNorm1d",
     "SwitchableNorm2d",
     "get_norm_layer",
+    "convert_norm_layers",
 ]

@@ -5,6 +5,7 @@ Kept apart from the math so that each function in functional.py reads as the alg
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -168,3 +169,111 @@ def group_norm_args(input, num_groups: int, weight, bias) -> None:
                 f"in input, but got {name} of shape {list(t.shape)} "
                 f"and input of shape {list(input.shape)}"
             )
+
+
+# ---------------------------------------------------------------------------
+# Arguments read as torch's argument parser reads them: a value of the wrong kind is a
+# TypeError before any computation (e.g. ``num_groups=2.0``, a list as ``weight``).
+# ---------------------------------------------------------------------------
+
+
+def _wrong_type(fn: str, name: str, pos: int, kind: str, value: object) -> TypeError:
+    return TypeError(
+        f"{fn}(): argument '{name}' (position {pos}) must be {kind}, not {type(value).__name__}"
+    )
+
+
+def tensor_arg(fn: str, name: str, pos: int, value: object, optional: bool = True) -> None:
+    """A Tensor (or None where the argument is optional)."""
+    if not (isinstance(value, Tensor) or (optional and value is None)):
+        raise _wrong_type(fn, name, pos, "Tensor", value)
+
+
+def int_arg(fn: str, name: str, pos: int, value: object) -> int:
+    """An int: a Python or NumPy integer or a 0-d integer tensor; never a bool or a float."""
+    if isinstance(value, Tensor):
+        ok = value.dim() == 0 and not value.is_floating_point() and not value.is_complex()
+        ok = ok and value.dtype != torch.bool
+    else:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok:
+        raise _wrong_type(fn, name, pos, "int", value)
+    return int(value)
+
+
+def float_arg(fn: str, name: str, pos: int, value: object) -> float:
+    """A float: any real number (ints and bools too) or a 0-d tensor that needs no gradient."""
+    if isinstance(value, Tensor):
+        ok = value.dim() == 0 and not value.requires_grad
+    else:
+        ok = hasattr(type(value), "__float__") and not isinstance(value, (complex, str))
+    if not ok:
+        raise _wrong_type(fn, name, pos, "float", value)
+    return float(value.real if isinstance(value, Tensor) and value.is_complex() else value)
+
+
+def bool_arg(fn: str, name: str, pos: int, value: object) -> bool:
+    """A bool, and only a Python bool: not 0/1, not a tensor."""
+    if not isinstance(value, bool):
+        raise _wrong_type(fn, name, pos, "bool", value)
+    return value
+
+
+def int_list_arg(fn: str, name: str, pos: int, value: object) -> list[int]:
+    """A list, tuple or torch.Size of ints (a one-element integer tensor counts as an int)."""
+    if not isinstance(value, (list, tuple)):
+        raise _wrong_type(fn, name, pos, "tuple of ints", value)
+    out = []
+    for i, v in enumerate(value):
+        if isinstance(v, Tensor) and v.numel() == 1 and v.dtype == torch.bool:
+            raise RuntimeError("Expected scalar.isIntegral(false) to be true, but got false.")
+        if isinstance(v, Tensor) and v.numel() == 1 and not v.is_floating_point():
+            v = v.item()
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            raise TypeError(
+                f"{fn}(): argument '{name}' (position {pos}) must be tuple of ints, "
+                f"but found element of type {type(v).__name__} at pos {i}"
+            )
+        out.append(int(v))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# rms_norm, local_response_norm, normalize.
+# ---------------------------------------------------------------------------
+
+
+def rms_norm_args(input, normalized_shape, weight, eps) -> list[int]:
+    """Raise what torch raises for arguments rms_norm cannot use; the shape as a list."""
+    tensor_arg("rms_norm", "input", 1, input, optional=False)
+    shape = int_list_arg("rms_norm", "normalized_shape", 2, normalized_shape)
+    tensor_arg("rms_norm", "weight", 3, weight)
+    if eps is not None:
+        float_arg("rms_norm", "eps", 4, eps)
+    layer_norm_args(input, shape, weight, None)
+    if not (input.is_floating_point() or input.is_complex()):
+        raise NotImplementedError(f'"rms_norm" not implemented for {input.dtype}')
+    return shape
+
+
+def local_response_norm_args(input: Tensor, size: object) -> None:
+    """Raise what torch raises for arguments local_response_norm cannot use."""
+    if input.dim() < 3:
+        raise ValueError(
+            f"Expected 3D or higher dimensionality input (got {input.dim()} dimensions)"
+        )
+    if input.numel() == 0:
+        return  # torch returns an empty input before looking at anything else
+    size = int_arg("local_response_norm", "size", 2, size)
+    if size <= 0:
+        raise RuntimeError(f"kernel size should be greater than zero, but got {size}")
+    if input.dtype == torch.bool or input.is_complex():
+        raise NotImplementedError(f'"local_response_norm" not implemented for {input.dtype}')
+
+
+def floating_or_complex(fn: str, input: Tensor) -> None:
+    """RuntimeError unless ``input`` holds floating-point or complex numbers."""
+    if not (input.is_floating_point() or input.is_complex()):
+        raise RuntimeError(
+            f"{fn}: Expected a floating point or complex tensor as input. Got {input.dtype}"
+        )

@@ -215,3 +215,139 @@ def _channel_shape(input: Tensor) -> tuple[int, ...]:
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype)
+
+
+# ===========================================================================
+# More of torch.nn.functional: rms_norm, local_response_norm, normalize.
+# They centre nothing, so they share nothing with moments/standardize above.
+# ===========================================================================
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: list[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    """Root-mean-square normalization over the last ``len(normalized_shape)`` axes.
+
+    y = x / sqrt(mean(x^2) + eps) * weight: LayerNorm without the mean and without a bias.
+    ``eps=None`` is the machine epsilon of the dtype the math runs in: float32's (about
+    1.2e-7) for float16, bfloat16 and float32 inputs, float64's for float64. Same signature
+    and results as ``F.rms_norm``.
+    """
+    normalized_shape = checks.rms_norm_args(input, normalized_shape, weight, eps)
+    x = input.to(_opmath(input.dtype))  # float16/bfloat16 -> float32
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))
+    y = x * torch.rsqrt((x * x).mean(dims, keepdim=True) + eps)  # x / sqrt(mean(x^2) + eps)
+    if weight is not None:
+        y = y * weight
+    # torch's layout: a channels-last input keeps it, any other gives a contiguous output
+    y = y.to(input.dtype)  # rounded once
+    return y if _channels_last_like(input) else y.contiguous()
+
+
+def local_response_norm(
+    input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
+) -> Tensor:
+    """Local response normalization (AlexNet): each channel divided by its neighbours' energy.
+
+    b_c = a_c / (k + alpha * mean of a_c'^2 over the ``size`` channels around c)^beta, the
+    window running from c - size//2 to c + (size-1)//2 with zeros beyond the first and last
+    channel. Same as ``F.local_response_norm``.
+    """
+    checks.local_response_norm_args(input, size)
+    if input.numel() == 0:
+        return input  # as torch: the input itself
+    square = input * input
+    # zeros around the channel axis (dim 1), so that every channel has a full window
+    padding = (0, 0) * (input.dim() - 2) + (size // 2, (size - 1) // 2)
+    padded = torch.nn.functional.pad(square, padding)
+    if square.is_floating_point():  # the window mean, summed in float32 at least
+        windows = padded.to(_opmath(square.dtype)).unfold(1, size, 1)  # [N, C, *, size]
+        avg = (windows.sum(-1) / size).to(square.dtype)
+    else:  # integer inputs: torch's average pooling divides with truncation
+        avg = padded.long().unfold(1, size, 1).sum(-1).div(size, rounding_mode="trunc")
+        avg = avg.to(square.dtype)
+    div = avg.mul(alpha).add(k).pow(beta)  # (k + alpha * mean)^beta
+    return input / div
+
+
+def normalize(
+    input: Tensor,
+    p: float = 2.0,
+    dim: int = 1,
+    eps: float = 1e-12,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Divide ``input`` by its L_p norm along ``dim``: v / max(||v||_p, eps).
+
+    Not a normalization layer (no statistics, no affine): torch's function of that name, with
+    its signature and results. ``dim`` is an int or a tuple of ints, ``p`` any real number,
+    ``inf`` or ``-inf`` (strings go to ``torch.linalg.matrix_norm``, as in torch).
+    """
+    norm = _vector_norm(input, p, dim)
+    if out is None:
+        return input / norm.clamp_min(eps).expand_as(input)
+    return torch.div(input, norm.clamp_min_(eps).expand_as(input), out=out)
+
+
+def _vector_norm(input: Tensor, p: float | str | None, dim) -> Tensor:
+    """||x||_p over ``dim``, kept as size-1 axes: ``input.norm(p, dim, keepdim=True)``.
+
+    Where ||x||_p is 0 its gradient is 0, as torch's, rather than 0 * inf = NaN.
+    """
+    if isinstance(p, str) and not (p == "fro" and (dim is None or isinstance(dim, int))):
+        return torch.linalg.matrix_norm(input, p, _dims(input, dim), keepdim=True)  # 'nuc'...
+    p = 2.0 if p is None or p == "fro" else p
+    checks.floating_or_complex("linalg.vector_norm", input)
+    dims = _dims(input, dim)
+    a = input.to(_opmath(input.dtype)).abs()  # |x| (real for complex x), in float32 at least
+    if p == 0:
+        norm = (a != 0).sum(dims, keepdim=True).to(a.dtype)  # the number of non-zero entries
+    elif p == torch.inf:
+        norm = a.amax(dims, keepdim=True)
+    elif p == -torch.inf:
+        norm = a.amin(dims, keepdim=True)
+    elif p == 1:
+        norm = a.sum(dims, keepdim=True)
+    else:
+        zero = a == 0
+        # |x|^p: 0 (p > 0) or inf (p < 0) at x = 0, and no gradient there
+        a_p = torch.where(zero, 0.0 if p > 0 else torch.inf, torch.where(zero, 1.0, a) ** p)
+        total = a_p.sum(dims, keepdim=True)
+        # total^(1/p): no gradient where total is 0 or inf, i.e. where the norm is 0 or inf
+        edge = (total == 0) | (total == torch.inf)
+        root = torch.where(edge, 1.0, total) ** (1.0 / p)
+        norm = torch.where(edge, total.detach() ** (1.0 / p), root)
+    return norm.to(a.dtype if input.is_complex() else input.dtype)
+
+
+def _dims(input: Tensor, dim) -> list[int]:
+    """``dim`` as a list of axes (None: all of them)."""
+    if dim is None:
+        return list(range(input.dim()))
+    return [dim] if isinstance(dim, int) else list(dim)
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    """The dtype torch computes in: float32 for float16/bfloat16, else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _channels_last_like(t: Tensor) -> bool:
+    """Whether torch takes ``t``'s strides for channels-last (``suggest_memory_format``).
+
+    As ATen's ``is_channels_last_strides_2d/3d``: visit C, the spatial axes from last to
+    first, then N; the strides must not decrease, and ambiguous cases count as contiguous.
+    """
+    if t.dim() not in (4, 5) or t.stride(1) == 0:
+        return False
+    smallest = 0
+    for d in (1, *range(t.dim() - 1, 1, -1), 0):
+        if t.shape[d] == 0 or t.stride(d) < smallest or (d == 0 and smallest == t.stride(1)):
+            return False
+        smallest = t.stride(d) * (t.shape[d] if t.shape[d] > 1 else 1)
+    return True
