@@ -267,7 +267,7 @@ def local_response_norm_args(input: Tensor, size: object) -> None:
     size = int_arg("local_response_norm", "size", 2, size)
     if size <= 0:
         raise RuntimeError(f"kernel size should be greater than zero, but got {size}")
-    if input.dtype == torch.bool or input.is_complex():
+    if not (input.is_floating_point() or input.dtype == torch.int64):  # torch's average pooling
         raise NotImplementedError(f'"local_response_norm" not implemented for {input.dtype}')
 
 

@@ -295,34 +295,74 @@ def normalize(
 
 
 def _vector_norm(input: Tensor, p: float | str | None, dim) -> Tensor:
-    """||x||_p over ``dim``, kept as size-1 axes: ``input.norm(p, dim, keepdim=True)``.
-
-    Where ||x||_p is 0 its gradient is 0, as torch's, rather than 0 * inf = NaN.
-    """
-    if isinstance(p, str) and not (p == "fro" and (dim is None or isinstance(dim, int))):
-        return torch.linalg.matrix_norm(input, p, _dims(input, dim), keepdim=True)  # 'nuc'...
+    """||x||_p over ``dim``, kept as size-1 axes: ``input.norm(p, dim, keepdim=True)``."""
+    vector = not isinstance(p, str) or (
+        p == "fro" and (dim is None or isinstance(dim, int) or len(dim) <= 2)
+    )
+    if not vector:  # 'nuc', or 'fro' over more than two axes: a matrix norm, torch.linalg's
+        return torch.linalg.matrix_norm(input, p, _dims(input, dim), keepdim=True)
     p = 2.0 if p is None or p == "fro" else p
     checks.floating_or_complex("linalg.vector_norm", input)
-    dims = _dims(input, dim)
-    a = input.to(_opmath(input.dtype)).abs()  # |x| (real for complex x), in float32 at least
-    if p == 0:
-        norm = (a != 0).sum(dims, keepdim=True).to(a.dtype)  # the number of non-zero entries
-    elif p == torch.inf:
-        norm = a.amax(dims, keepdim=True)
-    elif p == -torch.inf:
-        norm = a.amin(dims, keepdim=True)
-    elif p == 1:
-        norm = a.sum(dims, keepdim=True)
-    else:
-        zero = a == 0
-        # |x|^p: 0 (p > 0) or inf (p < 0) at x = 0, and no gradient there
-        a_p = torch.where(zero, 0.0 if p > 0 else torch.inf, torch.where(zero, 1.0, a) ** p)
-        total = a_p.sum(dims, keepdim=True)
-        # total^(1/p): no gradient where total is 0 or inf, i.e. where the norm is 0 or inf
-        edge = (total == 0) | (total == torch.inf)
-        root = torch.where(edge, 1.0, total) ** (1.0 / p)
-        norm = torch.where(edge, total.detach() ** (1.0 / p), root)
-    return norm.to(a.dtype if input.is_complex() else input.dtype)
+    return _PNorm.apply(input, p, _dims(input, dim))
+
+
+class _PNorm(torch.autograd.Function):
+    """||x||_p from primitives, with torch's derivative (``norm_backward`` in ATen).
+
+    The hand-written backward matters where the norm or an entry is 0: the chain rule through
+    sqrt or pow would give 0 * inf = NaN there, torch's formula masks those places to 0.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, p: float, dims: list[int]) -> Tensor:
+        a = x.to(_opmath(x.dtype)).abs()  # |x| (real for complex x), in float32 at least
+        if p == 0:
+            norm = (a != 0).sum(dims, keepdim=True).to(a.dtype)  # the non-zero entries
+        elif p == 1:
+            norm = a.sum(dims, keepdim=True)
+        elif p == 2:
+            norm = (a * a).sum(dims, keepdim=True).sqrt()
+        elif p == torch.inf:
+            norm = a.amax(dims, keepdim=True)
+        elif p == -torch.inf:
+            norm = a.amin(dims, keepdim=True)
+        else:
+            norm = (a**p).sum(dims, keepdim=True) ** (1.0 / p)  # (sum |x|^p)^(1/p)
+        return norm.to(x.real.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, ctx.p, ctx.dims = inputs
+        ctx.save_for_backward(x, output)
+        ctx.save_for_forward(x, output)
+
+    @staticmethod
+    def jvp(ctx, dx: Tensor, *_) -> Tensor:
+        """Forward mode: the change of ||x||_p along dx, Re(sum conj(d||x||/dx) dx)."""
+        slope, _, _ = _PNorm.backward(ctx, torch.ones_like(ctx.saved_tensors[1]))
+        return (slope.conj() * dx).real.sum(ctx.dims, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        x, norm = ctx.saved_tensors
+        p = ctx.p
+        if p == 0:  # a count: no gradient
+            return torch.zeros_like(x), None, None
+        if p == 1:  # d|x|/dx = sgn(x)
+            return x.sgn() * grad, None, None
+        if p == 2:  # x / ||x||, 0 where ||x|| = 0
+            return grad * (x / norm).masked_fill(norm == 0, 0), None, None
+        if p in (torch.inf, -torch.inf):  # shared equally by the entries that reach the max/min
+            hit = (x.abs() == norm) | x.abs().isnan()
+            return x.sgn() * (grad / hit.sum(ctx.dims, keepdim=True) * hit), None, None
+        if p < 1:  # sgn(x) |x|^(p-1) ||x||^(1-p), 0 where x = 0
+            scaled = x.sgn() * x.abs().pow(p - 1).masked_fill(x == 0, 0)
+            return scaled * grad * norm.pow(1 - p), None, None
+        # p > 1: x |x|^(p-2) / ||x||^(p-1), 0 where ||x|| = 0
+        scaled = x.sgn() * x.abs().pow(p - 1) if p < 2 else x * x.abs().pow(p - 2)
+        return scaled * (grad / norm.pow(p - 1)).masked_fill(norm == 0, 0), None, None
 
 
 def _dims(input: Tensor, dim) -> list[int]:
