@@ -69,6 +69,11 @@ def update_running(running: Tensor, batch_stat: Tensor, momentum: float) -> None
     The sum is formed in at least float32 and rounded once into a float16/bfloat16 buffer.
     """
     acc = torch.promote_types(running.dtype, torch.float32)
+    if running.numel() > 1 and 0 in running.stride():  # an expanded buffer: one memory cell
+        # torch's CPU kernel writes channel after channel, each update reading the last one
+        for c, stat in enumerate(batch_stat.reshape(-1)):
+            running[c].copy_(running[c].to(acc) * (1.0 - momentum) + stat.to(acc) * momentum)
+        return
     new = running.to(acc) * (1.0 - momentum) + batch_stat.reshape(running.shape).to(acc) * momentum
     running.copy_(new)
 
@@ -99,7 +104,7 @@ def batch_norm(
     updated in place (the running variance with the unbiased batch variance). In eval the
     running buffers normalize. Same signature and semantics as ``F.batch_norm``.
     """
-    checks.batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
+    checks.batch_norm_args(input, running_mean, running_var, weight, bias, training, eps, momentum)
     if input.numel() == 0:  # as in torch: an empty copy comes back, the buffers stay
         out = input.clone() if weight is None else input * weight[0]  # [0]: keeps the graph
         return out if bias is None else out + bias[0]
@@ -137,7 +142,9 @@ def instance_norm(
     With ``use_input_stats`` the instance statistics normalize, and running buffers, if
     given, move towards their average over the batch. Otherwise the buffers normalize.
     """
-    checks.instance_norm_args(input, running_mean, running_var, weight, bias, use_input_stats)
+    checks.instance_norm_args(
+        input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
+    )
     C = input.shape[1]
     # Like torch, the running buffers may have any floating dtype here; weight and bias may not.
     dtype = checks.compute_dtype("instance_norm", input, weight, bias)
@@ -171,8 +178,8 @@ def layer_norm(
 
     ``weight`` and ``bias`` have the shape ``normalized_shape``: one value per element.
     """
-    normalized_shape = list(normalized_shape)
-    checks.layer_norm_args(input, normalized_shape, weight, bias)
+    normalized_shape = checks.int_list_arg("layer_norm", "normalized_shape", 2, normalized_shape)
+    checks.layer_norm_args(input, normalized_shape, weight, bias, eps)
     k = len(normalized_shape)
     dtype = checks.compute_dtype("layer_norm", input, weight, bias)
     x = input.to(dtype)
@@ -195,7 +202,7 @@ def group_norm(
     The C channels are split into ``num_groups`` groups of C/G consecutive channels;
     ``weight`` and ``bias`` are per channel.
     """
-    checks.group_norm_args(input, num_groups, weight, bias)
+    checks.group_norm_args(input, num_groups, weight, bias, eps)
     N, C = input.shape[:2]
     dtype = checks.compute_dtype("group_norm", input, weight, bias)
     x = input.to(dtype)
@@ -296,14 +303,15 @@ def normalize(
 
 def _vector_norm(input: Tensor, p: float | str | None, dim) -> Tensor:
     """||x||_p over ``dim``, kept as size-1 axes: ``input.norm(p, dim, keepdim=True)``."""
+    checks.tensor_method(input, "norm")
     vector = not isinstance(p, str) or (
         p == "fro" and (dim is None or isinstance(dim, int) or len(dim) <= 2)
     )
     if not vector:  # 'nuc', or 'fro' over more than two axes: a matrix norm, torch.linalg's
         return torch.linalg.matrix_norm(input, p, _dims(input, dim), keepdim=True)
     p = 2.0 if p is None or p == "fro" else p
-    checks.floating_or_complex("linalg.vector_norm", input)
-    return _PNorm.apply(input, p, _dims(input, dim))
+    dims = checks.vector_norm_args(input, p, dim)
+    return _PNorm.apply(input, p, dims)
 
 
 class _PNorm(torch.autograd.Function):
