@@ -440,8 +440,10 @@ MODULE_TARGETS = [
 
 def _deliberate(target: str, args: dict) -> str | None:
     """Why normtut may differ from torch here (None: it may not)."""
+    x = args.get("input")
+    if "InstanceNorm" in target and isinstance(x, torch.Tensor) and x.numel() == 0:
+        return "InstanceNorm on an empty input: see instance_norm below"
     if target == "instance_norm":
-        x = args["input"]
         per_channel = ("running_mean", "running_var", "weight", "bias")
         if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.numel() == 0:
             if any(isinstance(args[k], torch.Tensor) for k in per_channel):
