@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import functional as F
 from .batchnorm import BatchNorm2d
 
 
@@ -20,7 +19,9 @@ class FrozenBatchNorm2d(nn.Module):
     """BatchNorm2d with fixed statistics and affine parameters.
 
     As ``torchvision.ops.FrozenBatchNorm2d``, in train and eval mode alike:
-    y = (x - running_mean) / sqrt(running_var + eps) * weight + bias.
+    y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, folded into one scale
+    and one shift per channel, y = x * scale + shift. The usual type promotion applies:
+    a float16 input with float32 buffers gives a float32 output.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
@@ -42,9 +43,13 @@ class FrozenBatchNorm2d(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        # Eval-mode batch norm: the stored statistics, whatever self.training says.
-        mean, var = self.running_mean, self.running_var
-        return F.batch_norm(x, mean, var, self.weight, self.bias, training=False, eps=self.eps)
+        # Eval-mode batch norm with the stored statistics, whatever self.training says.
+        # torchvision's arithmetic: the per-channel vectors are reshaped to [1, C, 1, 1] first.
+        w, b = self.weight.reshape(1, -1, 1, 1), self.bias.reshape(1, -1, 1, 1)
+        mean, var = self.running_mean.reshape(1, -1, 1, 1), self.running_var.reshape(1, -1, 1, 1)
+        scale = w * (var + self.eps).rsqrt()  # gamma / sqrt(var + eps)
+        shift = b - mean * scale  # beta - mean * gamma / sqrt(var + eps)
+        return x * scale + shift
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.weight.shape[0]}, eps={self.eps})"

@@ -69,6 +69,11 @@ def update_running(running: Tensor, batch_stat: Tensor, momentum: float) -> None
     The sum is formed in at least float32 and rounded once into a float16/bfloat16 buffer.
     """
     acc = torch.promote_types(running.dtype, torch.float32)
+    if running.numel() > 1 and 0 in running.stride():  # an expanded buffer: one memory cell
+        # torch's CPU kernel writes channel after channel, each update reading the last one
+        for c, stat in enumerate(batch_stat.reshape(-1)):
+            running[c].copy_(running[c].to(acc) * (1.0 - momentum) + stat.to(acc) * momentum)
+        return
     new = running.to(acc) * (1.0 - momentum) + batch_stat.reshape(running.shape).to(acc) * momentum
     running.copy_(new)
 
@@ -99,7 +104,7 @@ def batch_norm(
     updated in place (the running variance with the unbiased batch variance). In eval the
     running buffers normalize. Same signature and semantics as ``F.batch_norm``.
     """
-    checks.batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
+    checks.batch_norm_args(input, running_mean, running_var, weight, bias, training, eps, momentum)
     if input.numel() == 0:  # as in torch: an empty copy comes back, the buffers stay
         out = input.clone() if weight is None else input * weight[0]  # [0]: keeps the graph
         return out if bias is None else out + bias[0]
@@ -137,7 +142,9 @@ def instance_norm(
     With ``use_input_stats`` the instance statistics normalize, and running buffers, if
     given, move towards their average over the batch. Otherwise the buffers normalize.
     """
-    checks.instance_norm_args(input, running_mean, running_var, weight, bias, use_input_stats)
+    checks.instance_norm_args(
+        input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
+    )
     C = input.shape[1]
     # Like torch, the running buffers may have any floating dtype here; weight and bias may not.
     dtype = checks.compute_dtype("instance_norm", input, weight, bias)
@@ -171,8 +178,8 @@ def layer_norm(
 
     ``weight`` and ``bias`` have the shape ``normalized_shape``: one value per element.
     """
-    normalized_shape = list(normalized_shape)
-    checks.layer_norm_args(input, normalized_shape, weight, bias)
+    normalized_shape = checks.int_list_arg("layer_norm", "normalized_shape", 2, normalized_shape)
+    checks.layer_norm_args(input, normalized_shape, weight, bias, eps)
     k = len(normalized_shape)
     dtype = checks.compute_dtype("layer_norm", input, weight, bias)
     x = input.to(dtype)
@@ -195,7 +202,7 @@ def group_norm(
     The C channels are split into ``num_groups`` groups of C/G consecutive channels;
     ``weight`` and ``bias`` are per channel.
     """
-    checks.group_norm_args(input, num_groups, weight, bias)
+    checks.group_norm_args(input, num_groups, weight, bias, eps)
     N, C = input.shape[:2]
     dtype = checks.compute_dtype("group_norm", input, weight, bias)
     x = input.to(dtype)
@@ -215,3 +222,180 @@ def _channel_shape(input: Tensor) -> tuple[int, ...]:
 
 def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return None if t is None else t.to(dtype)
+
+
+# ===========================================================================
+# More of torch.nn.functional: rms_norm, local_response_norm, normalize.
+# They centre nothing, so they share nothing with moments/standardize above.
+# ===========================================================================
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: list[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    """Root-mean-square normalization over the last ``len(normalized_shape)`` axes.
+
+    y = x / sqrt(mean(x^2) + eps) * weight: LayerNorm without the mean and without a bias.
+    ``eps=None`` is the machine epsilon of the dtype the math runs in: float32's (about
+    1.2e-7) for float16, bfloat16 and float32 inputs, float64's for float64. Same signature
+    and results as ``F.rms_norm``.
+    """
+    normalized_shape = checks.rms_norm_args(input, normalized_shape, weight, eps)
+    x = input.to(_opmath(input.dtype))  # float16/bfloat16 -> float32
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))
+    y = x * torch.rsqrt((x * x).mean(dims, keepdim=True) + eps)  # x / sqrt(mean(x^2) + eps)
+    if weight is not None:
+        y = y * weight
+    # torch's layout: a channels-last input keeps it, any other gives a contiguous output
+    y = y.to(input.dtype)  # rounded once
+    return y if _channels_last_like(input) else y.contiguous()
+
+
+def local_response_norm(
+    input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
+) -> Tensor:
+    """Local response normalization (AlexNet): each channel divided by its neighbours' energy.
+
+    b_c = a_c / (k + alpha * mean of a_c'^2 over the ``size`` channels around c)^beta, the
+    window running from c - size//2 to c + (size-1)//2 with zeros beyond the first and last
+    channel. Same as ``F.local_response_norm``.
+    """
+    checks.local_response_norm_args(input, size)
+    if input.numel() == 0:
+        return input  # as torch: the input itself
+    square = input * input
+    # zeros around the channel axis (dim 1), so that every channel has a full window
+    padding = (0, 0) * (input.dim() - 2) + (size // 2, (size - 1) // 2)
+    padded = torch.nn.functional.pad(square, padding)
+    if square.is_floating_point():  # the window mean, summed in float32 at least
+        windows = padded.to(_opmath(square.dtype)).unfold(1, size, 1)  # [N, C, *, size]
+        avg = (windows.sum(-1) / size).to(square.dtype)
+    else:  # integer inputs: torch's average pooling divides with truncation
+        avg = padded.long().unfold(1, size, 1).sum(-1).div(size, rounding_mode="trunc")
+        avg = avg.to(square.dtype)
+    div = avg.mul(alpha).add(k).pow(beta)  # (k + alpha * mean)^beta
+    return input / div
+
+
+def normalize(
+    input: Tensor,
+    p: float = 2.0,
+    dim: int = 1,
+    eps: float = 1e-12,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Divide ``input`` by its L_p norm along ``dim``: v / max(||v||_p, eps).
+
+    Not a normalization layer (no statistics, no affine): torch's function of that name, with
+    its signature and results. ``dim`` is an int or a tuple of ints, ``p`` any real number,
+    ``inf`` or ``-inf`` (strings go to ``torch.linalg.matrix_norm``, as in torch).
+    """
+    norm = _vector_norm(input, p, dim)
+    if out is None:
+        return input / norm.clamp_min(eps).expand_as(input)
+    return torch.div(input, norm.clamp_min_(eps).expand_as(input), out=out)
+
+
+def _vector_norm(input: Tensor, p: float | str | None, dim) -> Tensor:
+    """||x||_p over ``dim``, kept as size-1 axes: ``input.norm(p, dim, keepdim=True)``."""
+    checks.tensor_method(input, "norm")
+    vector = not isinstance(p, str) or (
+        p == "fro" and (dim is None or isinstance(dim, int) or len(dim) <= 2)
+    )
+    if not vector:  # 'nuc', or 'fro' over more than two axes: a matrix norm, torch.linalg's
+        return torch.linalg.matrix_norm(input, p, _dims(input, dim), keepdim=True)
+    p = 2.0 if p is None or p == "fro" else p
+    dims = checks.vector_norm_args(input, p, dim)
+    return _PNorm.apply(input, p, dims)
+
+
+class _PNorm(torch.autograd.Function):
+    """||x||_p from primitives, with torch's derivative (``norm_backward`` in ATen).
+
+    The hand-written backward matters where the norm or an entry is 0: the chain rule through
+    sqrt or pow would give 0 * inf = NaN there, torch's formula masks those places to 0.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, p: float, dims: list[int]) -> Tensor:
+        a = x.to(_opmath(x.dtype)).abs()  # |x| (real for complex x), in float32 at least
+        if p == 0:
+            norm = (a != 0).sum(dims, keepdim=True).to(a.dtype)  # the non-zero entries
+        elif p == 1:
+            norm = a.sum(dims, keepdim=True)
+        elif p == 2:
+            norm = (a * a).sum(dims, keepdim=True).sqrt()
+        elif p == torch.inf:
+            norm = a.amax(dims, keepdim=True)
+        elif p == -torch.inf:
+            norm = a.amin(dims, keepdim=True)
+        else:
+            norm = (a**p).sum(dims, keepdim=True) ** (1.0 / p)  # (sum |x|^p)^(1/p)
+        return norm.to(x.real.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, ctx.p, ctx.dims = inputs
+        ctx.save_for_backward(x, output)
+        ctx.save_for_forward(x, output)
+
+    @staticmethod
+    def jvp(ctx, dx: Tensor, *_) -> Tensor:
+        """Forward mode: the change of ||x||_p along dx, Re(sum conj(d||x||/dx) dx)."""
+        slope, _, _ = _PNorm.backward(ctx, torch.ones_like(ctx.saved_tensors[1]))
+        return (slope.conj() * dx).real.sum(ctx.dims, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        x, norm = ctx.saved_tensors
+        p = ctx.p
+        if p == 0:  # a count: no gradient
+            return torch.zeros_like(x), None, None
+        if p == 1:  # d|x|/dx = sgn(x)
+            return x.sgn() * grad, None, None
+        if p == 2:  # x / ||x||, 0 where ||x|| = 0
+            return grad * (x / norm).masked_fill(norm == 0, 0), None, None
+        if p in (torch.inf, -torch.inf):  # shared equally by the entries that reach the max/min
+            hit = (x.abs() == norm) | x.abs().isnan()
+            return x.sgn() * (grad / hit.sum(ctx.dims, keepdim=True) * hit), None, None
+        if p < 1:  # sgn(x) |x|^(p-1) ||x||^(1-p), 0 where x = 0
+            scaled = x.sgn() * x.abs().pow(p - 1).masked_fill(x == 0, 0)
+            return scaled * grad * norm.pow(1 - p), None, None
+        # p > 1: x |x|^(p-2) / ||x||^(p-1), 0 where ||x|| = 0
+        scaled = x.sgn() * x.abs().pow(p - 1) if p < 2 else x * x.abs().pow(p - 2)
+        return scaled * (grad / norm.pow(p - 1)).masked_fill(norm == 0, 0), None, None
+
+
+def _dims(input: Tensor, dim) -> list[int]:
+    """``dim`` as a list of axes (None: all of them)."""
+    if dim is None:
+        return list(range(input.dim()))
+    return [dim] if isinstance(dim, int) else list(dim)
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    """The dtype torch computes in: float32 for float16/bfloat16, else ``dtype`` itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _channels_last_like(t: Tensor) -> bool:
+    """Whether torch takes ``t``'s strides for channels-last (``suggest_memory_format``).
+
+    As ATen's ``is_channels_last_strides_2d/3d``: visit C, the spatial axes from last to
+    first, then N; the strides must not decrease, and ambiguous cases count as contiguous.
+    """
+    if t.dim() not in (4, 5) or t.stride(1) == 0:
+        return False
+    smallest = 0
+    for d in (1, *range(t.dim() - 1, 1, -1), 0):
+        if t.shape[d] == 0 or t.stride(d) < smallest or (d == 0 and smallest == t.stride(1)):
+            return False
+        smallest = t.stride(d) * (t.shape[d] if t.shape[d] > 1 else 1)
+    return True

@@ -38,8 +38,8 @@ class _SwitchableNorm(nn.Module):
     """State and mixing shared by SwitchableNorm2d and SwitchableNorm1d.
 
     A subclass names its ``BRANCHES`` (BN last) and says how to compute the statistics of
-    the batch-independent branches (``_sample_moments``) and of the BN branch
-    (``_batch_moments``); this class mixes them, tracks BN's, and applies the affine.
+    the branches in use (``_branch_moments``, BN's from the batch); this class checks the
+    input, tracks BN's statistics, mixes them all and applies the affine.
     """
 
     BRANCHES: tuple[str, ...] = ()
@@ -95,6 +95,7 @@ class _SwitchableNorm(nn.Module):
         state.reset_affine(self, gamma=0.0 if self.last_gamma else 1.0)
         nn.init.ones_(self.mean_weight)
         nn.init.ones_(self.var_weight)
+        self.only = None  # every branch is computed and mixed
 
     @property
     def branches(self) -> tuple[str, ...]:
@@ -109,9 +110,13 @@ class _SwitchableNorm(nn.Module):
     def use_only_(self, branch: str) -> _SwitchableNorm:
         """Make both mixtures exactly one-hot on ``branch``, one of ``branches``.
 
-        The logits become 0 there and -inf elsewhere, so softmax gives exact 1s and 0s. Freeze
-        the logits (requires_grad_(False)) before training such a layer: weight decay on a
-        -inf logit gives NaN.
+        The logits become 0 there and -inf elsewhere, so softmax gives exact 1s and 0s, and
+        ``self.only`` records the branch: the other branches are no longer computed at all, so
+        a NaN in one sample stays in that sample (as in InstanceNorm or GroupNorm) and the
+        running buffers move only when the branch is "bn". ``reset_parameters()`` undoes it;
+        ``load_state_dict`` sets ``only`` from the loaded logits. Freeze the logits
+        (requires_grad_(False)) before training such a layer: weight decay on a -inf logit
+        gives NaN.
         """
         if branch not in self.branches:
             raise ValueError(f"branch must be one of {self.branches}, got {branch!r}")
@@ -119,13 +124,13 @@ class _SwitchableNorm(nn.Module):
         logits[self.branches.index(branch)] = 0.0
         self.mean_weight.copy_(logits)
         self.var_weight.copy_(logits)
+        self.only = branch
         return self
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        if self.training and self.using_bn:
-            # The BN branch needs more than one value per channel.
-            checks.verify_batch_size(input.shape)
+        used = self.branches if self.only is None else (self.only,)
+        self._check_batch(input, used)
         checks.check_eps("switchable_norm", self.eps, self.training)
         C = input.shape[1]
         if C != self.num_features:
@@ -138,23 +143,48 @@ class _SwitchableNorm(nn.Module):
         x = input.to(dtype)
         shape = (1, C) + (1,) * (x.dim() - 2)  # per channel
 
-        means, variances = self._sample_moments(x)  # IN (2d only) and LN: each sample's own
-        if self.using_bn:
+        stats = self._branch_moments(x, used)  # {branch: (mean, var)}, BN's from the batch
+        if "bn" in used:
             if self.training:
-                mean_bn, var_bn = self._batch_moments(x, means, variances)  # BN: over (N, *spatial)
-                self._update_running(mean_bn, var_bn, x.numel() // max(C, 1))
-            else:
-                mean_bn = self.running_mean.to(dtype).reshape(shape)
-                var_bn = self.running_var.to(dtype).reshape(shape)
-            means.append(mean_bn)
-            variances.append(var_bn)
+                self._update_running(*stats["bn"], x.numel() // max(C, 1))
+            else:  # eval: BN's statistics are the running ones
+                stats["bn"] = (
+                    self.running_mean.to(dtype).reshape(shape),
+                    self.running_var.to(dtype).reshape(shape),
+                )
 
         w_mean, w_var = (w.to(dtype) for w in self.mixture_weights())
-        # mu = sum_k softmax(mean_weight)_k mu_k,  s2 = sum_k softmax(var_weight)_k s2_k
-        mean = sum(w * m for w, m in zip(w_mean, means, strict=True))
-        var = sum(w * v for w, v in zip(w_var, variances, strict=True))
+        # mu = sum_k softmax(mean_weight)_k mu_k,  s2 = sum_k softmax(var_weight)_k s2_k,
+        # over the branches used (one-hot: the one branch, times a weight of exactly 1)
+        k = [self.branches.index(b) for b in used]
+        mean = sum(w_mean[i] * stats[b][0] for i, b in zip(k, used, strict=True))
+        var = sum(w_var[i] * stats[b][1] for i, b in zip(k, used, strict=True))
         y = F.standardize(x, mean, var, self.eps)
         return F.affine(y, self.weight.to(dtype), self.bias.to(dtype), shape).to(input.dtype)
+
+    def _check_batch(self, input: Tensor, used: tuple[str, ...]) -> None:
+        """The size checks of the layers the branches stand for (one-hot: its twin's)."""
+        if used == ("in",):  # InstanceNorm: more than one value per instance, in both modes
+            checks.verify_spatial_size(input.shape)
+        elif used == ("ln",):  # GroupNorm(1, C): more than one value per sample, in both modes
+            checks.verify_batch_size([input.shape[0] * input.shape[1], 1, *input.shape[2:]])
+        elif self.training and "bn" in used:  # BatchNorm: more than one value per channel
+            checks.verify_batch_size(input.shape)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self.only = self._one_hot_branch()
+
+    def _one_hot_branch(self) -> str | None:
+        """The branch both logit vectors put all the weight on (one finite logit), if any."""
+        finite = [torch.isfinite(w.detach()) for w in (self.mean_weight, self.var_weight)]
+        if int(finite[0].sum()) == 1 and torch.equal(finite[0], finite[1]):
+            return self.branches[int(finite[0].nonzero())]
+        return None
 
     def _update_running(self, mean_bn: Tensor, var_bn: Tensor, n: int) -> None:
         """BatchNorm's update: moving average (``momentum``) or cumulative average (factor 1/k)."""
@@ -192,15 +222,14 @@ class SwitchableNorm2d(_SwitchableNorm):
         if input.dim() != 4:
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
 
-    def _sample_moments(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    def _branch_moments(self, x: Tensor, used: tuple[str, ...]) -> dict[str, tuple[Tensor, Tensor]]:
         mean_in, var_in = F.moments(x, (2, 3))  # IN: over (H, W), [N, C, 1, 1]
-        mean_ln, var_ln = pooled_moments(mean_in, var_in, 1)  # LN: over (C, H, W), [N, 1, 1, 1]
-        return [mean_in, mean_ln], [var_in, var_ln]
-
-    def _batch_moments(
-        self, x: Tensor, means: list[Tensor], variances: list[Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        return pooled_moments(means[0], variances[0], 0)  # BN from IN: over (N, H, W), [1, C, 1, 1]
+        stats = {"in": (mean_in, var_in)} if "in" in used else {}
+        if "ln" in used:  # LN: over (C, H, W), [N, 1, 1, 1]
+            stats["ln"] = pooled_moments(mean_in, var_in, 1)
+        if "bn" in used and self.training:  # BN: over (N, H, W), [1, C, 1, 1]
+            stats["bn"] = pooled_moments(mean_in, var_in, 0)
+        return stats
 
 
 class SwitchableNorm1d(_SwitchableNorm):
@@ -218,11 +247,10 @@ class SwitchableNorm1d(_SwitchableNorm):
         if input.dim() != 2:
             raise ValueError(f"expected 2D input (got {input.dim()}D input)")
 
-    def _sample_moments(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        mean_ln, var_ln = F.moments(x, (1,))  # LN: per sample over the C features, [N, 1]
-        return [mean_ln], [var_ln]
-
-    def _batch_moments(
-        self, x: Tensor, means: list[Tensor], variances: list[Tensor]
-    ) -> tuple[Tensor, Tensor]:
-        return F.moments(x, (0,))  # BN: per feature over the N samples, [1, C]
+    def _branch_moments(self, x: Tensor, used: tuple[str, ...]) -> dict[str, tuple[Tensor, Tensor]]:
+        stats = {}
+        if "ln" in used:  # LN: per sample over the C features, [N, 1]
+            stats["ln"] = F.moments(x, (1,))
+        if "bn" in used and self.training:  # BN: per feature over the N samples, [1, C]
+            stats["bn"] = F.moments(x, (0,))
+        return stats

@@ -233,3 +233,42 @@ def test_track_running_stats_false_is_refused_and_nothing_changes():
     assert _count(model, FrozenBatchNorm2d) == 0  # checked before any replacement
     with pytest.raises(ValueError, match="track_running_stats=False"):
         freeze_batchnorm(normtut.BatchNorm2d(3, track_running_stats=False))
+
+
+# --- torchvision's forward: x * scale + shift, with the usual type promotion ------------------
+
+
+def _torchvision_forward(frozen: FrozenBatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """torchvision.ops.misc.FrozenBatchNorm2d.forward, restated (torchvision is not installed):
+    scale = w * (rv + eps).rsqrt(); bias = b - rm * scale; x * scale + bias."""
+    w, b = frozen.weight.reshape(1, -1, 1, 1), frozen.bias.reshape(1, -1, 1, 1)
+    rv, rm = frozen.running_var.reshape(1, -1, 1, 1), frozen.running_mean.reshape(1, -1, 1, 1)
+    scale = w * (rv + frozen.eps).rsqrt()
+    return x * scale + (b - rm * scale)
+
+
+@pytest.mark.parametrize(
+    "x_dtype, buffer_dtype, out_dtype",
+    [
+        (torch.float16, torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32, torch.float32),
+        (torch.float64, torch.float32, torch.float64),
+        (torch.float32, torch.float64, torch.float64),
+        (torch.float32, torch.float32, torch.float32),
+        (torch.float16, torch.float16, torch.float16),
+    ],
+)
+def test_type_promotion_is_torchvisions(x_dtype, buffer_dtype, out_dtype):
+    """A float16 batch through float32 buffers gives float32, a float64 batch float64: no error
+    and no cast down, as torchvision's layer (plain tensor arithmetic)."""
+    torch.manual_seed(0)
+    frozen = FrozenBatchNorm2d(3).to(buffer_dtype)
+    frozen.load_state_dict(_trained_bn(3).to(buffer_dtype).state_dict())
+    x = (torch.randn(2, 3, 4, 4) * 2 + 1).to(x_dtype)
+    y = frozen(x)
+    assert y.dtype == out_dtype
+    assert torch.equal(y, _torchvision_forward(frozen, x))
+    tol = 1e-2 if torch.float16 in (x_dtype, buffer_dtype) or x_dtype == torch.bfloat16 else 1e-5
+    reference = nn.BatchNorm2d(3).double().eval()
+    reference.load_state_dict(frozen.state_dict(), strict=False)
+    torch.testing.assert_close(y.double(), reference(x.double()), rtol=tol, atol=tol)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 from twins import forward_backward
 
-from normtut import SwitchableNorm2d
+from normtut import SwitchableNorm1d, SwitchableNorm2d
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -297,3 +297,97 @@ def test_float32_input_and_module_move_together():
     torch.testing.assert_close(sn(x), bn(x))
     with pytest.raises(RuntimeError, match="mixed dtypes"):
         sn(x.double())
+
+
+# --- one-hot layers compute only their branch ----------------------------------------------
+
+
+INF_IN_MOMENTS = pytest.mark.xfail(
+    strict=True,
+    reason="functional.moments turns an inf into NaN (inf - inf in its mean correction); "
+    "engineer core's rewrite of moments fixes it (issue 10): then drop this mark",
+)
+
+
+@pytest.mark.parametrize(
+    "branch, bad",
+    [
+        *[(b, float("nan")) for b in ("in", "ln", "bn")],
+        ("in", float("inf")),
+        ("ln", float("inf")),
+        pytest.param("bn", float("inf"), marks=INF_IN_MOMENTS),
+    ],
+)
+def test_one_hot_keeps_a_bad_value_where_its_twin_keeps_it(branch, bad):
+    """One NaN/inf in sample 0: IN and GroupNorm(1, C) keep it in sample 0 (and a one-hot IN/LN
+    layer leaves the running buffers alone); BatchNorm spreads it over the channel, as torch."""
+    torch.manual_seed(7)
+    C = 3
+    sn = SwitchableNorm2d(C).double().use_only_(branch)
+    ref = torch_twin(branch, C).double()
+    randomize_affine(sn, ref)
+    x = batch(N=3, C=C).detach()
+    x[0, 1, 2, 1] = bad
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = sn(xa), ref(xb)
+    torch.testing.assert_close(ya, yb, equal_nan=True, **TOL)
+    ya.backward(torch.ones_like(ya))
+    yb.backward(torch.ones_like(yb))
+    torch.testing.assert_close(xa.grad, xb.grad, equal_nan=True, **TOL)
+    if branch != "bn":
+        assert torch.isfinite(ya[1:]).all() and torch.isfinite(xa.grad[1:]).all()
+        assert torch.equal(sn.running_mean, torch.zeros(C, dtype=torch.float64))
+        assert torch.equal(sn.running_var, torch.ones(C, dtype=torch.float64))
+        assert int(sn.num_batches_tracked) == 0  # the BN branch did not run
+    else:
+        torch.testing.assert_close(sn.running_mean, ref.running_mean, equal_nan=True, **TOL)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_one_hot_checks_are_the_twins(training):
+    """One-hot IN on 1x1 maps raises like InstanceNorm2d, one-hot LN on a single value like
+    GroupNorm(1, C), in both modes (both twins use the input's own statistics in eval too)."""
+    cases = {"in": torch.randn(4, 3, 1, 1), "ln": torch.randn(1, 1, 1, 1)}
+    for branch, x in cases.items():
+        C = x.shape[1]
+        sn, ref = SwitchableNorm2d(C).use_only_(branch).train(training), torch_twin(branch, C)
+        ref.train(training)
+        with pytest.raises(ValueError) as theirs:
+            ref(x)
+        with pytest.raises(ValueError) as ours:
+            sn(x)
+        assert str(ours.value) == str(theirs.value)
+    # a one-hot IN layer needs no second sample: N = 1 is fine where BN's check would fail
+    sn = SwitchableNorm2d(3).use_only_("in").train(training)
+    torch.testing.assert_close(sn(cases["in"][:1].expand(1, 3, 2, 2)), torch.zeros(1, 3, 2, 2))
+
+
+def test_load_state_dict_and_reset_set_the_one_hot_branch():
+    sn = SwitchableNorm2d(3).use_only_("ln")
+    assert sn.only == "ln"
+    fresh = SwitchableNorm2d(3)
+    assert fresh.only is None
+    fresh.load_state_dict(sn.state_dict())
+    assert fresh.only == "ln"
+    x = batch(C=3).detach().float()
+    torch.testing.assert_close(fresh(x), sn(x), rtol=0, atol=0)
+    sn.load_state_dict(SwitchableNorm2d(3).state_dict())  # equal logits: the mixture again
+    assert sn.only is None
+    fresh.reset_parameters()
+    assert fresh.only is None
+
+
+@pytest.mark.parametrize("branch", ["ln", "bn"])
+def test_one_hot_1d_matches_its_twin(branch):
+    torch.manual_seed(8)
+    sn = SwitchableNorm1d(5).double().use_only_(branch)
+    ref = (nn.GroupNorm(1, 5) if branch == "ln" else nn.BatchNorm1d(5)).double()
+    randomize_affine(sn, ref)
+    x = torch.randn(6, 5, dtype=torch.float64) * 2 + 1
+    x[2, 3] = float("nan")
+    for training in (True, False):
+        sn.train(training)
+        ref.train(training)
+        torch.testing.assert_close(sn(x), ref(x), equal_nan=True, **TOL)
+    if branch == "ln":
+        assert int(sn.num_batches_tracked) == 0
