@@ -40,6 +40,8 @@ SEEDS = (0, 1, 2)
 EPOCHS = 5
 BASE_LR = 0.05  # at batch size 32
 
+COLORS = {"none": "grey", "bn": "C0", "gn": "C1", "ln": "C2", "in": "C3", "sn": "C4"}
+
 # Wu & He (2018), Figure 1 and Table 3: ResNet-50 on ImageNet, validation error (%) by
 # images per GPU.
 PAPER_ERROR = {
@@ -329,16 +331,18 @@ def plot(results: Sequence[Result]):
     summary = summarize(results)
     for norm in dict.fromkeys(r.norm for r in results):
         sizes = sorted(b for n, b in summary if n == norm)
-        (line,) = ours.plot(sizes, [summary[norm, b][0] for b in sizes], marker="o", label=norm)
+        means = [summary[norm, b][0] for b in sizes]
+        ours.plot(sizes, means, marker="o", color=COLORS[norm], label=norm)
         runs = [r for r in results if r.norm == norm]
-        ours.scatter(
-            [r.batch_size for r in runs], [r.test_error for r in runs],
-            color=line.get_color(), alpha=0.35, s=14,
-        )  # fmt: skip
+        dots = [r.batch_size for r in runs], [r.test_error for r in runs]
+        ours.scatter(*dots, color=COLORS[norm], alpha=0.35, s=14)
     for norm, errors in PAPER_ERROR.items():
         sizes = sorted(errors)
-        paper.plot(sizes, [errors[b] for b in sizes], marker="o", label=norm)
+        paper.plot(sizes, [errors[b] for b in sizes], marker="o", color=COLORS[norm], label=norm)
     ours.set_yscale("log")
+    low, high = ours.get_ylim()
+    ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if low <= t <= high]
+    ours.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ours.set_ylabel("test error (%, log scale)")
     ours.set_title("LeNet, sklearn digits: mean (line), seeds (dots)")
     paper.set_ylabel("validation error (%)")

@@ -9,6 +9,7 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -380,3 +381,33 @@ def test_csv_round_trip_and_log_axis(tmp_path):
     ours, _ = sb.plot(results).axes
     assert ours.get_yscale() == "log" and "log scale" in ours.get_ylabel()
     assert [len(c.get_offsets()) for c in ours.collections] == [1, 2]  # every seed is a dot
+
+
+BOOK_DATA = Path(__file__).resolve().parents[2] / "book" / "data"
+BOOK_RESULTS = [  # the commands that wrote the results the small-batch chapter reads
+    ("small_batch.csv", ["--norms", "none", "bn", "gn"]),
+    ("small_batch_precise_bn.csv", ["--norms", "bn", "--batch-sizes", "2", "--precise-bn"]),
+    (
+        "small_batch_momentum_0.01.csv",
+        ["--norms", "bn", "--batch-sizes", "2", "--momentum", "0.01"],
+    ),
+    ("small_batch_ln_in_sn.csv", ["--norms", "ln", "in", "sn", "--batch-sizes", "2"]),
+]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("NORMTUT_SLOW"), reason="minutes of CPU; set NORMTUT_SLOW=1 to run"
+)
+@pytest.mark.parametrize("name, args", BOOK_RESULTS)
+def test_the_chapters_stored_results_are_reproduced_byte_for_byte(tmp_path, capsys, name, args):
+    out = tmp_path / name
+    assert main(["small-batch", *args, "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert out.read_bytes() == (BOOK_DATA / name).read_bytes()
+
+
+def test_the_chapter_reads_every_stored_result():
+    stored = sorted(p.name for p in BOOK_DATA.glob("small_batch*.csv"))
+    assert stored == sorted(name for name, _ in BOOK_RESULTS)
+    for name, _ in BOOK_RESULTS:
+        assert len(sb.read_csv(BOOK_DATA / name)) > 0
