@@ -1,28 +1,25 @@
 """Small batches: BatchNorm's test error climbs as the batch shrinks, GroupNorm's does not.
 
 The Group Normalization paper (Wu & He, ECCV 2018, Figure 1) shows it for ResNet-50 on
-ImageNet; here it is seed 002's LeNet on scikit-learn's 8x8 digits (bundled, no download),
-small enough for a laptop CPU. As in the paper, every batch size trains for the same number
-of epochs with a learning rate scaled linearly with the batch size, lr = base_lr * B / 32
-(then annealed along a cosine to 0), and the test error is measured in eval mode, i.e.
-with BatchNorm's running statistics.
+ImageNet; here it is seed 002's LeNet on scikit-learn's 8x8 digits (``digits.load_digits``,
+357 test images), small enough for a laptop CPU. As in the paper, every batch size trains
+for the same number of epochs with a learning rate scaled linearly with the batch size,
+lr = base_lr * B / 32 (then annealed along a cosine to 0), and the test error is measured
+in eval mode, i.e. with BatchNorm's running statistics.
 
-Every run is deterministic: ``torch.manual_seed(seed)`` before the model is built, a
-``torch.Generator`` seeded with ``seed`` for the shuffling, and one CPU thread
-(``torch.set_num_threads(1)`` while training: the steps are tiny, so more threads only add
-overhead, and the summation order, hence every bit of the result, no longer depends on the
-machine's core count).
+Every (norm, batch size, seed) cell is deterministic (see ``digits``), so cells can run in
+parallel worker processes (``jobs``) and still give the results of a serial run, bit for bit.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import csv
+import itertools
 import statistics
 import sys
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +29,9 @@ from tqdm import tqdm
 
 from .. import functional as F
 from ..batchnorm import _BatchNorm
+from . import digits, parallel
+from .digits import Digits
 from .models import NORMS, LeNet
-from .sn_digits import load_digits_tensors
 
 BATCHNORMS = (_BatchNorm, nn.modules.batchnorm._BatchNorm)  # normtut's and torch's
 NORM_NAMES = tuple(NORMS)  # none, bn, gn, ln, in, sn
@@ -41,23 +39,15 @@ BATCH_SIZES = (2, 4, 8, 16, 32)
 SEEDS = (0, 1, 2)
 EPOCHS = 5
 BASE_LR = 0.05  # at batch size 32
-N_TEST = 357  # leaves 1440 = 45 * 32 training images: every batch size sees all of them each epoch
 
-# Wu & He (2018), Figure 1: ResNet-50 on ImageNet, validation error (%) by images per GPU.
+COLORS = {"none": "grey", "bn": "C0", "gn": "C1", "ln": "C2", "in": "C3", "sn": "C4"}
+
+# Wu & He (2018), Figure 1 and Table 3: ResNet-50 on ImageNet, validation error (%) by
+# images per GPU.
 PAPER_ERROR = {
     "bn": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
     "gn": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1},
 }
-
-
-@dataclass(frozen=True)
-class Digits:
-    """A fixed train/test split of sklearn's digits: images [N, 1, 8, 8] in [0, 1], labels [N]."""
-
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
 
 
 @dataclass
@@ -72,33 +62,6 @@ class Result:
     seed: int
     test_error: float
     model: nn.Module | None = field(default=None, repr=False, compare=False)
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the block with torch.set_num_threads(1), then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def load_data() -> Digits:
-    """sklearn's 1797 digits, split once (split seed 0) into 1440 training and 357 test images."""
-    return Digits(*load_digits_tensors(n_test=N_TEST, seed=0))
-
-
-def build_model(norm: str, seed: int, **lenet_options) -> LeNet:
-    """LeNet for 8x8 digits with ``norm`` everywhere, ReLU activations, weights drawn from ``seed``.
-
-    ReLU, not the seed's sigmoid: with sigmoids the GN and LN networks ended between 6 and
-    92 % test error after 5 epochs (BN's 1.1 to 2.2 % at B = 8 and 32); ``activation=nn.Sigmoid``
-    in ``lenet_options`` repeats that. Other options go to ``LeNet`` (e.g. ``norm1d``).
-    """
-    torch.manual_seed(seed)
-    return LeNet(norm, in_size=8, **{"activation": nn.ReLU, **lenet_options})
 
 
 def set_momentum(model: nn.Module, momentum: float | None) -> None:
@@ -117,34 +80,6 @@ def set_momentum(model: nn.Module, momentum: float | None) -> None:
         m.momentum = momentum
 
 
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data: Digits,
-    batch_size: int,
-    generator: torch.Generator,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-) -> float:
-    """One pass over the shuffled training set in batches of ``batch_size``; returns the mean loss.
-
-    A last batch smaller than ``batch_size`` is dropped (with the default split there is none).
-    """
-    model.train()
-    order = torch.randperm(len(data.y_train), generator=generator)
-    total, steps = 0.0, 0
-    for start in range(0, len(order) - batch_size + 1, batch_size):
-        batch = order[start : start + batch_size]
-        loss = nn.functional.cross_entropy(model(data.x_train[batch]), data.y_train[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        total += loss.item()
-        steps += 1
-    return total / max(steps, 1)
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module, x: Tensor, y: Tensor, batch_stats: Collection[str] = (), batch_size: int = 2
@@ -155,9 +90,9 @@ def evaluate(
     statistics of the test batch instead, as in training: the input is then fed in batches
     of ``batch_size`` (a smaller last batch is dropped). The model itself is not changed.
     """
-    model = copy.deepcopy(model).eval()  # train mode would update the running statistics
     if not batch_stats:
-        return (model(x).argmax(1) != y).double().mean().item() * 100  # % wrong
+        return digits.error(model, x, y)
+    model = copy.deepcopy(model).eval()  # train mode would update the running statistics
     modules = dict(model.named_modules())
     for name in batch_stats:
         modules[name].train()  # this layer normalizes with the statistics of its batch
@@ -243,34 +178,54 @@ def train_model(
     epochs: int = EPOCHS,
     base_lr: float = BASE_LR,
     momentum: float | None = 0.1,
-    on_epoch: Callable[[int], None] | None = None,
+    after_step: digits.AfterStep | None = None,
     **lenet_options,
 ) -> LeNet:
-    """Train ``build_model(norm, seed, **lenet_options)`` for ``epochs``; return it in eval mode.
+    """Train ``digits.lenet(norm, seed, **lenet_options)``; return it in eval mode.
 
-    SGD with momentum 0.9 from lr = base_lr * B / 32, annealed to 0 along a cosine over all
+    SGD with rho = 0.9 from lr = base_lr * B / 32, annealed to 0 along a cosine over all
     steps (the last epochs settle the weights, so the final error is not one noisy step's).
     ``momentum`` is the norm layers' running-statistics momentum (not the optimizer's).
-    ``on_epoch(steps)`` is called after each epoch with the number of steps it took.
     """
-    steps_per_epoch = len(data.y_train) // batch_size
-    if batch_size < 2 or steps_per_epoch == 0:
+    if batch_size < 2 or batch_size > len(data.y_train):
         raise ValueError(f"batch_size must be between 2 and {len(data.y_train)}, got {batch_size}")
-    with one_thread():
-        model = build_model(norm, seed, **lenet_options)
-        set_momentum(model, momentum)
-        lr = base_lr * batch_size / 32  # linear scaling rule, as in the GN paper
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        generator = torch.Generator().manual_seed(seed)
-        # lr_t = lr * (1 + cos(pi * t / T)) / 2 at step t of T: from lr down to 0 at the last step
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=epochs * steps_per_epoch
-        )
-        for _ in range(epochs):
-            train_epoch(model, optimizer, data, batch_size, generator, scheduler)
-            if on_epoch is not None:
-                on_epoch(steps_per_epoch)
+    model = digits.lenet(norm, seed, **lenet_options)
+    set_momentum(model, momentum)
+    lr = base_lr * batch_size / 32  # linear scaling rule, as in the GN paper
+    digits.train(
+        model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        schedule="cosine", after_step=after_step,
+    )  # fmt: skip
     return model.eval()
+
+
+def run_cell(
+    norm: str,
+    batch_size: int,
+    seed: int,
+    data: Digits,
+    epochs: int = EPOCHS,
+    base_lr: float = BASE_LR,
+    momentum: float | None = 0.1,
+    precise_bn: bool = False,
+    progress: parallel.Progress | None = None,
+) -> Result:
+    """Train and test one (norm, batch size, seed) cell of the experiment.
+
+    ``precise_bn``: re-estimate the BatchNorm statistics on the whole training set before
+    testing. ``progress(steps)`` is called after each epoch with its number of steps.
+    """
+    per_epoch = len(data.y_train) // max(batch_size, 1)
+
+    def after_step(step: int, loss: float) -> None:
+        if progress is not None and step % per_epoch == 0:
+            progress(per_epoch)
+
+    with digits.one_thread():  # the test pass too: its sums must not depend on the machine
+        model = train_model(norm, batch_size, seed, data, epochs, base_lr, momentum, after_step)
+        if precise_bn:
+            model = recalibrate(model, data.x_train)
+        return Result(norm, batch_size, seed, evaluate(model, data.x_test, data.y_test), model)
 
 
 def run(
@@ -280,12 +235,15 @@ def run(
     epochs: int = EPOCHS,
     base_lr: float = BASE_LR,
     momentum: float | None = 0.1,
+    precise_bn: bool = False,
     progress: bool = False,
     data: Digits | None = None,
+    jobs: int = 1,
 ) -> list[Result]:
     """Train one model per (norm, batch size, seed); return their test errors (and the models).
 
-    ``progress`` shows a tqdm bar of training steps on stderr.
+    ``jobs`` worker processes share the cells (1: all in this process); the results are the
+    same for every ``jobs``. ``progress`` shows one tqdm bar of training steps on stderr.
     """
     for norm in norms:
         if norm not in NORMS:
@@ -295,22 +253,14 @@ def run(
             raise ValueError(
                 f"batch sizes must be at least 2 (BatchNorm needs two samples), got {b}"
             )
-    data = load_data() if data is None else data
+    data = digits.load_digits() if data is None else data
+    settings = (data, epochs, base_lr, momentum, precise_bn)
+    cells = [(*cell, *settings) for cell in itertools.product(norms, batch_sizes, seeds)]
     total = len(norms) * len(seeds) * epochs * sum(len(data.y_train) // b for b in batch_sizes)
-    results = []
     with tqdm(
         total=total, unit="step", file=sys.stderr, disable=not progress, dynamic_ncols=True
     ) as bar:
-        for norm in norms:
-            for batch_size in batch_sizes:
-                for seed in seeds:
-                    bar.set_description(f"{norm} B={batch_size} seed={seed}")
-                    model = train_model(
-                        norm, batch_size, seed, data, epochs, base_lr, momentum, bar.update
-                    )
-                    error = evaluate(model, data.x_test, data.y_test)
-                    results.append(Result(norm, batch_size, seed, error, model))
-    return results
+        return parallel.map_cells(run_cell, cells, jobs, bar.update, cost=lambda c: 1 / c[1])
 
 
 def summarize(results: Sequence[Result]) -> dict[tuple[str, int], tuple[float, float]]:
@@ -361,28 +311,47 @@ def write_csv(results: Sequence[Result], path: str | Path) -> None:
             writer.writerow([r.norm, r.batch_size, r.seed, f"{r.test_error:.4f}"])
 
 
+def read_csv(path: str | Path) -> list[Result]:
+    """The results ``write_csv`` wrote (without models)."""
+    with open(path, newline="") as f:
+        return [
+            Result(row["norm"], int(row["batch_size"]), int(row["seed"]), float(row["test_error"]))
+            for row in csv.DictReader(f)
+        ]
+
+
 def plot(results: Sequence[Result]):
-    """Test error against batch size per norm (mean over seeds), beside the GN paper's Figure 1."""
+    """Test error against batch size per norm, beside the GN paper's Figure 1.
+
+    Our panel: the mean over seeds (line) and every seed (dots), on a log scale.
+    """
     import matplotlib.pyplot as plt
 
-    summary = summarize(results)
     fig, (ours, paper) = plt.subplots(1, 2, figsize=(10, 3.8))
+    summary = summarize(results)
     for norm in dict.fromkeys(r.norm for r in results):
         sizes = sorted(b for n, b in summary if n == norm)
-        ours.plot(sizes, [summary[norm, b][0] for b in sizes], marker="o", label=norm)
+        means = [summary[norm, b][0] for b in sizes]
+        ours.plot(sizes, means, marker="o", color=COLORS[norm], label=norm)
+        runs = [r for r in results if r.norm == norm]
+        dots = [r.batch_size for r in runs], [r.test_error for r in runs]
+        ours.scatter(*dots, color=COLORS[norm], alpha=0.35, s=14)
     for norm, errors in PAPER_ERROR.items():
         sizes = sorted(errors)
-        paper.plot(sizes, [errors[b] for b in sizes], marker="o", label=norm)
-    for ax, title in (
-        (ours, "LeNet, sklearn digits (this run)"),
-        (paper, "ResNet-50, ImageNet (Wu & He 2018)"),
-    ):
+        paper.plot(sizes, [errors[b] for b in sizes], marker="o", color=COLORS[norm], label=norm)
+    ours.set_yscale("log")
+    low, high = ours.get_ylim()
+    ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if low <= t <= high]
+    ours.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ours.set_ylabel("test error (%, log scale)")
+    ours.set_title("LeNet, sklearn digits: mean (line), seeds (dots)")
+    paper.set_ylabel("validation error (%)")
+    paper.set_title("ResNet-50, ImageNet (Wu & He 2018)")
+    for ax in (ours, paper):
         ax.set_xscale("log", base=2)
         ax.set_xticks(BATCH_SIZES, [str(b) for b in BATCH_SIZES])
         ax.invert_xaxis()  # the paper's orientation: the batch shrinks to the right
         ax.set_xlabel("batch size (images per GPU in the paper)")
-        ax.set_ylabel("test error (%)")
-        ax.set_title(title)
         ax.legend()
     fig.tight_layout()
     return fig
@@ -432,6 +401,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.1,
         help="running-statistics momentum of the norm layers (default: 0.1, PyTorch's)",
     )
+    parser.add_argument(
+        "--precise-bn",
+        action="store_true",
+        help="re-estimate BatchNorm's running statistics on the whole training set before testing",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"worker processes (default: the number of cores, {parallel.cores()} here)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results to this CSV file")
     parser.add_argument(
         "--no-progress",
@@ -451,6 +432,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(
             "small-batch: every batch size must be at least 2 (BatchNorm needs two samples)"
         )
+    jobs = parallel.cores() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise SystemExit("small-batch: --jobs must be at least 1")
     progress = not args.no_progress and sys.stderr.isatty()
     try:
         results = run(
@@ -460,15 +444,19 @@ def main(args: argparse.Namespace) -> int:
             args.epochs,
             args.base_lr,
             args.momentum,
+            args.precise_bn,
             progress,
+            jobs=jobs,
         )
     except ValueError as e:  # e.g. a batch size larger than the training set, a negative lr
         raise SystemExit(f"small-batch: {e}") from None
     print(
-        f"LeNet on sklearn's digits ({N_TEST} test images), "
+        f"LeNet on sklearn's digits ({digits.N_TEST} test images), "
         f"{args.epochs} epochs for every batch size B\n"
         f"SGD, lr = {args.base_lr} * B / 32 annealed to 0; norm layers' momentum {args.momentum}"
     )
+    if args.precise_bn:
+        print("precise BN: running statistics re-estimated on the whole training set")
     print(results_table(results))
     if args.out is not None:
         write_csv(results, args.out)

@@ -1,7 +1,7 @@
 """A small experiment: a tiny convnet with SwitchableNorm2d layers learns its mixtures on digits.
 
-sklearn's 8x8 digits (installed, offline), CPU, a few seconds: enough to watch the softmax
-weights of each layer leave 1/3.
+The digits split and training loop of ``digits`` (357 test images), Adam, CPU, a few
+seconds: enough to watch the softmax weights of each layer leave 1/3.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..switchnorm import SwitchableNorm2d
+from . import digits
 
 
 def digits_convnet(norm_layer: Callable[[int], nn.Module], width: int = 8) -> nn.Sequential:
@@ -30,58 +31,43 @@ def digits_convnet(norm_layer: Callable[[int], nn.Module], width: int = 8) -> nn
     )
 
 
-def load_digits_tensors(n_test: int = 297, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """sklearn's 1797 8x8 digits as (x_train, y_train, x_test, y_test), pixels scaled to [0, 1]."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [1797, 1, 8, 8]
-    y = torch.tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    test, train = order[:n_test], order[n_test:]
-    return x[train], y[train], x[test], y[test]
+def sn_mixtures(model: nn.Module) -> Tensor:
+    """The (mean, var) softmax weights of every SwitchableNorm2d in ``model``: [layers, 2, 3]."""
+    norms = [m for m in model.modules() if isinstance(m, SwitchableNorm2d)]
+    return torch.stack([torch.stack(m.mixture_weights()) for m in norms]).detach()
 
 
 def train_switchable_digits(
     epochs: int = 5, batch_size: int = 32, lr: float = 0.01, width: int = 8, seed: int = 0
 ) -> tuple[nn.Module, dict]:
-    """Train ``digits_convnet(SwitchableNorm2d)`` with Adam, logging the learned mixtures.
+    """Train ``digits_convnet(SwitchableNorm2d)`` on ``digits.load_digits()`` with Adam.
 
     Returns the model and a history: ``loss`` (mean training loss of each epoch),
     ``test_accuracy`` (before training, then after each epoch) and ``mixtures``, a tensor
     [steps + 1, layers, 2, 3] of every SN layer's (mean, var) softmax weights at every step.
     """
+    data = digits.load_digits()
     torch.manual_seed(seed)
-    x_train, y_train, x_test, y_test = load_digits_tensors(seed=seed)
     model = digits_convnet(SwitchableNorm2d, width)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    norms = [m for m in model.modules() if isinstance(m, SwitchableNorm2d)]
-    generator = torch.Generator().manual_seed(seed)
+    per_epoch = digits.steps_per_epoch(len(data.y_train), batch_size, drop_last=False)
 
     def accuracy() -> float:
-        model.eval()
-        with torch.no_grad():
-            acc = (model(x_test).argmax(1) == y_test).float().mean().item()
-        model.train()
-        return acc
+        return 1 - digits.error(model, data.x_test, data.y_test) / 100
 
-    def mixtures() -> Tensor:
-        return torch.stack(
-            [torch.stack(m.mixture_weights()) for m in norms]
-        ).detach()  # [layers, 2, 3]
+    history = {"test_accuracy": [accuracy()], "mixtures": [sn_mixtures(model)]}
 
-    history = {"loss": [], "test_accuracy": [accuracy()], "mixtures": [mixtures()]}
-    for _ in range(epochs):
-        total = 0.0
-        for batch in torch.randperm(len(y_train), generator=generator).split(batch_size):
-            loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-            history["mixtures"].append(mixtures())
-        history["loss"].append(total / len(y_train))
-        history["test_accuracy"].append(accuracy())
+    def after_step(step: int, loss: float) -> None:
+        history["mixtures"].append(sn_mixtures(model))
+        if step % per_epoch == 0:
+            history["test_accuracy"].append(accuracy())
+
+    losses = digits.train(
+        model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        optimizer="adam", drop_last=False, after_step=after_step,
+    )  # fmt: skip
+    history["loss"] = [
+        sum(losses[i : i + per_epoch]) / per_epoch for i in range(0, len(losses), per_epoch)
+    ]
     history["mixtures"] = torch.stack(history["mixtures"])
     return model, history
 

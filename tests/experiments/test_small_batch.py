@@ -9,12 +9,14 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib
 import pytest
 import torch
 from torch import nn
 
+from normtut.experiments import digits
 from normtut.experiments import small_batch as sb
 from normtut.experiments.__main__ import main
 from normtut.experiments.models import NORM_SLOTS, SwitchableNorm1d
@@ -23,8 +25,8 @@ matplotlib.use("Agg")
 
 
 @pytest.fixture(scope="module")
-def data() -> sb.Digits:
-    return sb.load_data()
+def data() -> digits.Digits:
+    return digits.load_digits()
 
 
 def read_csv(path) -> list[dict[str, str]]:
@@ -32,13 +34,6 @@ def read_csv(path) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         assert reader.fieldnames == ["norm", "batch_size", "seed", "test_error"]
         return list(reader)
-
-
-def test_data_split_is_fixed(data):
-    assert data.x_train.shape == (1440, 1, 8, 8) and data.x_test.shape == (357, 1, 8, 8)
-    assert set(data.y_train.tolist()) == set(range(10)) == set(data.y_test.tolist())
-    again = sb.load_data()
-    assert torch.equal(again.x_train, data.x_train) and torch.equal(again.y_test, data.y_test)
 
 
 def test_cli_writes_a_well_formed_csv_and_table(tmp_path, capsys, data):
@@ -57,7 +52,7 @@ def test_cli_writes_a_well_formed_csv_and_table(tmp_path, capsys, data):
         "--epochs",
         "1",
     ]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--jobs", "1", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert captured.err == ""  # stderr is not a terminal here: no progress bar
     rows = read_csv(out)
@@ -153,15 +148,17 @@ def test_a_run_is_deterministic_and_keeps_the_thread_count(data):
 def test_learning_rate_is_scaled_linearly_and_annealed(data):
     """lr = base_lr * B / 32, then a cosine down to 0: after one epoch of T steps the lr is 0 (torch's scheduler)."""
     seen = []
-    model = sb.train_model("gn", 8, 0, data, epochs=1, base_lr=0.4, on_epoch=seen.append)
-    assert seen == [1440 // 8]
+    model = sb.train_model(
+        "gn", 8, 0, data, epochs=1, base_lr=0.4, after_step=lambda step, loss: seen.append(step)
+    )
+    assert seen == list(range(1, 1440 // 8 + 1))
     torch.manual_seed(0)
-    ref = sb.build_model("gn", 0)
+    ref = digits.lenet("gn", 0)
     opt = torch.optim.SGD(ref.parameters(), lr=0.4 * 8 / 32, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=180)
     gen = torch.Generator().manual_seed(0)
     ref.train()
-    with sb.one_thread():
+    with digits.one_thread():
         for batch in torch.randperm(1440, generator=gen).split(8):
             opt.zero_grad()
             nn.functional.cross_entropy(ref(data.x_train[batch]), data.y_train[batch]).backward()
@@ -173,7 +170,7 @@ def test_learning_rate_is_scaled_linearly_and_annealed(data):
 
 def test_evaluate_against_plain_torch(data):
     torch.manual_seed(0)
-    model = sb.build_model(
+    model = digits.lenet(
         "bn", 0, norm2d=nn.BatchNorm2d, norm1d=nn.BatchNorm1d
     )  # torch's own layers
     model.train()
@@ -195,10 +192,10 @@ def test_evaluate_against_plain_torch(data):
 
 
 def test_set_momentum(data):
-    model = sb.build_model("bn", 0)
+    model = digits.lenet("bn", 0)
     sb.set_momentum(model, None)
     assert [model[int(n)].momentum for n in NORM_SLOTS] == [None] * 4
-    sn = sb.build_model("sn", 0)
+    sn = digits.lenet("sn", 0)
     assert isinstance(sn[10], SwitchableNorm1d)
     sb.set_momentum(sn, 0.01)
     assert sn[10].momentum == 0.01 and sn[1].momentum == 0.01
@@ -260,7 +257,7 @@ def test_the_default_trend_holds_for_every_seed(data):
 def torch_bn_model(data) -> nn.Module:
     """A briefly trained LeNet built from torch's own BatchNorm layers."""
     torch.manual_seed(0)
-    model = sb.build_model("bn", 0, norm2d=nn.BatchNorm2d, norm1d=nn.BatchNorm1d)
+    model = digits.lenet("bn", 0, norm2d=nn.BatchNorm2d, norm1d=nn.BatchNorm1d)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for batch in torch.arange(160).split(4):
         opt.zero_grad()
@@ -321,3 +318,96 @@ def test_recalibrate_gives_the_population_statistics(data, torch_bn_model):
     assert not torch.equal(
         torch_bn_model[10].running_mean, model[10].running_mean
     )  # the original is untouched
+
+
+def test_parallel_cli_gives_the_serial_run_byte_for_byte(tmp_path):
+    """--jobs 2 runs the cells in two worker processes: the same CSV and the same table."""
+    args = ["small-batch", "--norms", "bn", "gn", "--batch-sizes", "8", "32", "--seeds", "0", "1"]
+    outputs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}.csv"
+        cmd = [sys.executable, "-m", "normtut.experiments", *args, "--epochs", "1"]
+        proc = subprocess.run([*cmd, "--jobs", jobs, "--out", str(out)], capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == b""
+        outputs[jobs] = (out.read_bytes(), proc.stdout.replace(str(out).encode(), b"OUT"))
+    assert outputs["1"] == outputs["2"]
+    assert len(read_csv(tmp_path / "jobs2.csv")) == 8
+
+
+def test_parallel_run_returns_the_models_in_the_serial_order(data):
+    serial = sb.run(("bn",), (16, 32), (0,), epochs=1, data=data)
+    parallel = sb.run(("bn",), (16, 32), (0,), epochs=1, data=data, jobs=2)
+    assert [(r.norm, r.batch_size, r.seed) for r in parallel] == [("bn", 16, 0), ("bn", 32, 0)]
+    for a, b in zip(serial, parallel, strict=True):
+        assert a.test_error == b.test_error
+        for (k, x), y in zip(
+            a.model.state_dict().items(), b.model.state_dict().values(), strict=True
+        ):
+            assert torch.equal(x, y), k
+
+
+def test_one_progress_bar_counts_every_step_of_every_worker(data):
+    seen = []
+    sb.parallel.map_cells(
+        sb.run_cell, [("gn", 32, 0, data, 2), ("gn", 16, 0, data, 1)], 2, seen.append
+    )
+    assert sorted(seen) == [45, 45, 90]  # one report per epoch: 2 epochs of 45 steps, 1 of 90
+
+
+def test_jobs_must_be_positive(capsys):
+    with pytest.raises(SystemExit, match="--jobs must be at least 1"):
+        main(["small-batch", "--jobs", "0"])
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        sb.parallel.map_cells(sb.run_cell, [], 0, print)
+
+
+def test_precise_bn_evaluates_the_recalibrated_model(data):
+    (r,) = sb.run(("bn",), (8,), (0,), epochs=1, precise_bn=True, data=data)
+    model = sb.train_model("bn", 8, 0, data, epochs=1)
+    expected = sb.evaluate(sb.recalibrate(model, data.x_train), data.x_test, data.y_test)
+    assert r.test_error == expected
+    assert sb.evaluate(model, data.x_test, data.y_test) != expected  # it does change something
+
+
+def test_csv_round_trip_and_log_axis(tmp_path):
+    results = [
+        sb.Result("none", 2, 0, 88.5),
+        sb.Result("bn", 2, 0, 60.0),
+        sb.Result("bn", 2, 1, 1.25),
+    ]
+    sb.write_csv(results, tmp_path / "r.csv")
+    assert sb.read_csv(tmp_path / "r.csv") == results
+    ours, _ = sb.plot(results).axes
+    assert ours.get_yscale() == "log" and "log scale" in ours.get_ylabel()
+    assert [len(c.get_offsets()) for c in ours.collections] == [1, 2]  # every seed is a dot
+
+
+BOOK_DATA = Path(__file__).resolve().parents[2] / "book" / "data"
+BOOK_RESULTS = [  # the commands that wrote the results the small-batch chapter reads
+    ("small_batch.csv", ["--norms", "none", "bn", "gn"]),
+    ("small_batch_precise_bn.csv", ["--norms", "bn", "--batch-sizes", "2", "--precise-bn"]),
+    (
+        "small_batch_momentum_0.01.csv",
+        ["--norms", "bn", "--batch-sizes", "2", "--momentum", "0.01"],
+    ),
+    ("small_batch_ln_in_sn.csv", ["--norms", "ln", "in", "sn", "--batch-sizes", "2"]),
+]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("NORMTUT_SLOW"), reason="minutes of CPU; set NORMTUT_SLOW=1 to run"
+)
+@pytest.mark.parametrize("name, args", BOOK_RESULTS)
+def test_the_chapters_stored_results_are_reproduced_byte_for_byte(tmp_path, capsys, name, args):
+    out = tmp_path / name
+    assert main(["small-batch", *args, "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert out.read_bytes() == (BOOK_DATA / name).read_bytes()
+
+
+def test_the_chapter_reads_every_stored_result():
+    stored = sorted(p.name for p in BOOK_DATA.glob("small_batch*.csv"))
+    assert stored == sorted(name for name, _ in BOOK_RESULTS)
+    for name, _ in BOOK_RESULTS:
+        assert len(sb.read_csv(BOOK_DATA / name)) > 0
