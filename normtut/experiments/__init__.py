@@ -13,6 +13,6 @@ gradients    gradient sizes layer by layer at initialization, with and without B
 sn_digits    a small convnet with SwitchableNorm2d learning its mixtures on the digits.
 """
 
-from . import small_batch
+from . import digits, small_batch
 
-__all__ = ["small_batch"]
+__all__ = ["digits", "small_batch"]
