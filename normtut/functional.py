@@ -18,31 +18,74 @@ The signatures and error types are those of ``torch.nn.functional``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from . import checks
+from . import autograd, checks, layout
 
 # ---------------------------------------------------------------------------
 # The one place where statistics are computed.
 # ---------------------------------------------------------------------------
 
 
-def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes).
+def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
+    """The one pass over the data behind every statistic: (n, K, d, mean(d), M2) over ``dims``.
 
-    Two passes: subtract the mean first, then average the squares. The one-pass
-    formula E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std. The mean gets
-    one correction step: summing n values near 1000 in float32 leaves a rounding error
-    that is large next to a std of 0.01.
+    The textbook E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std. Subtracting
+    first a value K near each group's mean keeps the sums small: with d = x - K,
+    mean = K + mean(d) and M2 = sum (x - mean)^2 = sum d^2 - n mean(d)^2 lose nothing.
+    ``d`` is returned for callers that go on to use x - mean = d - mean(d).
     """
-    mean = x.mean(dim=tuple(dims), keepdim=True)  # mu = 1/n sum x
-    # mu += 1/n sum (x - mu): zero but for rounding
-    mean = mean + (x - mean).mean(dim=tuple(dims), keepdim=True)
-    var = ((x - mean) ** 2).mean(dim=tuple(dims), keepdim=True)  # s2 = 1/n sum (x - mu)^2
-    return mean, var
+    dims = tuple(i % x.dim() for i in dims)
+    n = math.prod(x.shape[i] for i in dims)
+    K = _rough_mean(x, dims).detach()  # any K gives the same mean and M2
+    d = x - K
+    sum_d = d.sum(dims, keepdim=True)
+    mean_d = sum_d / n
+    m2 = (d * d).sum(dims, keepdim=True) - sum_d * mean_d  # M2 = sum d^2 - (sum d)^2 / n
+    return n, K, d, mean_d, m2.clamp_min(0.0)  # rounding must not leave M2 below 0
+
+
+def partial_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor]:
+    """Count n, mean and M2 = sum of (x - mean)^2 of ``x`` over ``dims`` (kept as size-1 axes).
+
+    What a distributed norm computes on each process and merges (``merge_moments``).
+    """
+    n, K, _, mean_d, m2 = shifted_moments(x, dims)
+    return n, K + mean_d, m2
+
+
+def merge_moments(
+    a: tuple[int | Tensor, Tensor, Tensor], b: tuple[int | Tensor, Tensor, Tensor]
+) -> tuple[int | Tensor, Tensor, Tensor]:
+    """(n, mean, M2) of two groups together, from each group's own (Chan, Golub, LeVeque).
+
+    The pairwise update: with delta = mean_b - mean_a, the means weigh by their counts and
+    M2 gains delta^2 * n_a * n_b / n, the spread between the two groups.
+    """
+    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    return n, mean, m2_a + m2_b + delta * delta * (n_a * n_b / n)
+
+
+def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes): var = M2 / n."""
+    n, mean, m2 = partial_moments(x, dims)
+    return mean, m2 / n
+
+
+def _rough_mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """A cheap value near each group's mean: the mean of its first slice along dims[0].
+
+    An infinite or NaN value there counts as 0 (x - inf would give inf - inf = NaN).
+    """
+    first = x.narrow(dims[0], 0, min(1, x.shape[dims[0]])).mean(dims, keepdim=True)
+    return torch.nan_to_num(first, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def standardize(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
@@ -103,23 +146,11 @@ def batch_norm(
     if input.numel() == 0:  # as in torch: an empty copy comes back, the buffers stay
         out = input.clone() if weight is None else input * weight[0]  # [0]: keeps the graph
         return out if bias is None else out + bias[0]
-    C = input.shape[1]
     dtype = checks.compute_dtype("batch_norm", input, running_mean, running_var, weight, bias)
-    x = input.to(dtype)
-    shape = _channel_shape(input)
-
-    if training:
-        dims = [0, *range(2, x.dim())]  # BN: every axis except the channel axis
-        mean, var = moments(x, dims)  # [1, C, 1, 1]
-        n = x.numel() // C  # values per channel (> 0: empty inputs returned above)
-        if running_mean is not None and running_var is not None:
-            update_running(running_mean, mean, momentum)
-            update_running(running_var, unbiased(var, n), momentum)  # running var is unbiased
-    else:
-        mean, var = running_mean.to(dtype).reshape(shape), running_var.to(dtype).reshape(shape)
-
-    y = standardize(x, mean, var, eps)
-    return affine(y, _cast(weight, dtype), _cast(bias, dtype), shape).to(input.dtype)
+    x = input.contiguous(memory_format=layout.batch_norm_format(input))  # as torch's kernel
+    dims = (0, *range(2, x.dim()))  # BN: every axis except the channel axis
+    norm = autograd.Norm(dims, eps, training, momentum, zero_rstd_if_constant=True)
+    return _normalize(x, weight, bias, running_mean, running_var, _channel_shape(x), dtype, norm)
 
 
 def instance_norm(
@@ -138,26 +169,17 @@ def instance_norm(
     given, move towards their average over the batch. Otherwise the buffers normalize.
     """
     checks.instance_norm_args(input, running_mean, running_var, weight, bias, use_input_stats)
-    C = input.shape[1]
     # Like torch, the running buffers may have any floating dtype here; weight and bias may not.
     dtype = checks.compute_dtype("instance_norm", input, weight, bias)
-    x = input.to(dtype)
-    shape = _channel_shape(input)
-
-    if use_input_stats:
-        dims = range(2, x.dim())  # IN: the spatial axes of each (sample, channel)
-        mean, var = moments(x, dims)  # [N, C, 1, 1]
-        n = x[0, 0].numel() if x.shape[0] * C > 0 else 0  # values per instance
-        # As in torch, an empty batch (N = 0) averages no instances and leaves NaN buffers;
-        # other empty inputs (C = 0 or no spatial values) leave them as they are.
-        if running_mean is not None and (n > 0 or x.shape[0] == 0):
-            update_running(running_mean, mean.mean(dim=0), momentum)  # average over the batch
-            update_running(running_var, unbiased(var, n).mean(dim=0), momentum)
-    else:
-        mean, var = running_mean.to(dtype).reshape(shape), running_var.to(dtype).reshape(shape)
-
-    y = standardize(x, mean, var, eps)
-    return affine(y, _cast(weight, dtype), _cast(bias, dtype), shape).to(input.dtype)
+    x = input.contiguous()  # IN answers in the contiguous layout, whatever the input's
+    dims = tuple(range(2, x.dim()))  # IN: the spatial axes of each (sample, channel)
+    N, C, n = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    if use_input_stats and (C == 0 or (n == 0 and N > 0)):
+        # As in torch, instances without values leave the buffers as they are (while an
+        # empty batch, N = 0, averages no instances and leaves NaN buffers).
+        running_mean = running_var = None
+    norm = autograd.Norm(dims, eps, use_input_stats, momentum, zero_rstd_if_constant=True)
+    return _normalize(x, weight, bias, running_mean, running_var, _channel_shape(x), dtype, norm)
 
 
 def layer_norm(
@@ -173,14 +195,11 @@ def layer_norm(
     """
     normalized_shape = list(normalized_shape)
     checks.layer_norm_args(input, normalized_shape, weight, bias)
-    k = len(normalized_shape)
     dtype = checks.compute_dtype("layer_norm", input, weight, bias)
-    x = input.to(dtype)
-
-    dims = range(x.dim() - k, x.dim())  # LN: the trailing normalized_shape axes
-    mean, var = moments(x, dims)
-    y = standardize(x, mean, var, eps)
-    return affine(y, _cast(weight, dtype), _cast(bias, dtype), normalized_shape).to(input.dtype)
+    x = input.contiguous()  # LN answers in the contiguous layout, whatever the input's
+    dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))  # LN: the trailing axes
+    norm = autograd.Norm(dims, eps)
+    return _normalize(x, weight, bias, None, None, normalized_shape, dtype, norm)
 
 
 def group_norm(
@@ -196,22 +215,32 @@ def group_norm(
     ``weight`` and ``bias`` are per channel.
     """
     checks.group_norm_args(input, num_groups, weight, bias)
-    N, C = input.shape[:2]
+    N, C, G = input.shape[0], input.shape[1], num_groups
     dtype = checks.compute_dtype("group_norm", input, weight, bias)
-    x = input.to(dtype)
+    x = input.contiguous(memory_format=layout.suggest_memory_format(input))  # as torch's
+    grouped = x.reshape(N, G, C // G, *x.shape[2:])  # [N, G, C/G, *spatial], a view
+    dims = tuple(range(2, grouped.dim()))  # GN: (C/G, *spatial) in each group
+    shape = (1, G, C // G) + (1,) * (x.dim() - 2)  # the per-channel affine, grouped likewise
+    y = _normalize(grouped, weight, bias, None, None, shape, dtype, autograd.Norm(dims, eps))
+    return y.reshape(x.shape)
 
-    grouped = x.reshape(N, num_groups, C // num_groups, *x.shape[2:])  # [N, G, C/G, *spatial]
-    mean, var = moments(grouped, range(2, grouped.dim()))  # GN: (C/G, *spatial) in each group
-    y = standardize(grouped, mean, var, eps).reshape(x.shape)
-    return affine(y, _cast(weight, dtype), _cast(bias, dtype), _channel_shape(input)).to(
-        input.dtype
-    )
+
+def _normalize(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    norm: autograd.Norm,
+) -> Tensor:
+    """``autograd.Normalize`` with weight and bias cast to ``dtype`` and viewed as ``shape``."""
+    weight, bias = (None if t is None else t.to(dtype).reshape(shape) for t in (weight, bias))
+    y, _, _ = autograd.Normalize.apply(x, weight, bias, running_mean, running_var, norm)
+    return y
 
 
 def _channel_shape(input: Tensor) -> tuple[int, ...]:
     """[1, C, 1, 1, ...]: the shape a per-channel vector takes to broadcast over ``input``."""
     return (1, input.shape[1]) + (1,) * (input.dim() - 2)
-
-
-def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(dtype)
