@@ -3,15 +3,16 @@
 ``Normalize`` is one ``torch.autograd.Function`` for BatchNorm, InstanceNorm, LayerNorm and
 GroupNorm. A layer says over which axes its statistics are taken (``Norm.dims``, as for
 ``functional.moments``); the forward computes them and normalizes, and the backward is the
-derived formula instead of autograd's walk through every primitive:
+derived formula instead of autograd's walk through every primitive. With
+x_hat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps), g = weight * dy and means over a group:
 
-    dL/dbeta  = sum dy                     dL/dgamma = sum dy * x_hat
-    dL/dx     = rstd * (g - mean(g) - x_hat * mean(g * x_hat)),   g = gamma * dy  (training)
-    dL/dx     = rstd * gamma * dy                                                  (eval)
+    dL/dbias   = sum dy                     dL/dweight = sum dy * x_hat
+    dL/dx      = rstd * (g - mean(g) - x_hat * mean(g * x_hat))      (training)
+    dL/dx      = rstd * g                                             (eval)
 
 Only the input and the per-group statistics are kept for backward, as in torch's kernels.
-``grad_sums`` and ``grad_input`` are the two halves of the formula: a distributed BatchNorm
-sums ``grad_sums`` over its processes before calling ``grad_input``.
+``grad_sums`` (the two reductions) and ``grad_input`` are the two halves of the formula: a
+distributed BatchNorm adds up ``grad_sums`` over its processes before calling ``grad_input``.
 """
 
 from __future__ import annotations
@@ -49,50 +50,67 @@ def inverse_std(var: Tensor, norm: Norm) -> Tensor:
     return rstd
 
 
-def grad_sums(dy: Tensor, x_hat: Tensor, shape: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """The two reductions of every norm's backward: sum dy and sum dy * x_hat, to ``shape``.
+# ---------------------------------------------------------------------------
+# The backward formula, in two halves.
+# ---------------------------------------------------------------------------
 
-    ``shape`` may be anything between one value per group and one per element; the backward
-    sums over the axes where both the statistics and the weight are constant.
+
+def grad_sums(dy: Tensor, xc: Tensor, shape: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """The two reductions of a norm's backward: sum dy and sum dy * (x - mean), to ``shape``.
+
+    ``xc`` is x - mean. ``shape`` may be anything from one value per group to one per
+    element; the backward uses the axes on which both the statistics and the weight are
+    constant, and multiplies by rstd afterwards: sum dy * x_hat = rstd * sum dy * xc.
     """
-    return dy.sum_to_size(shape), (dy * x_hat).sum_to_size(shape)
+    return dy.sum_to_size(shape), (dy * xc).sum_to_size(shape)
+
+
+def grad_input(
+    dy: Tensor,
+    xc: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None,
+    sum_dy: Tensor,
+    sum_dy_xc: Tensor,
+    n: int,
+) -> Tensor:
+    """dL/dx in training: rstd * (g - mean(g) - x_hat * mean(g * x_hat)) with g = weight * dy.
+
+    ``xc`` is x - mean (so x_hat = xc * rstd), ``sum_dy`` and ``sum_dy_xc`` come from
+    ``grad_sums``, and ``n`` values form one group.
+    """
+    mean_g = group_sum(sum_dy, weight, rstd.shape) / n  # mean(g) over each group
+    mean_g_xhat = rstd * group_sum(sum_dy_xc, weight, rstd.shape) / n  # mean(g * x_hat)
+    dx = scaled(dy, rstd, weight)  # rstd * g
+    return dx.sub_(rstd * mean_g).addcmul_(xc, -rstd * rstd * mean_g_xhat)
+
+
+def grad_weight(sum_dy_xc: Tensor, rstd: Tensor, shape: Sequence[int]) -> Tensor:
+    """dL/dweight = sum dy * x_hat = sum rstd * dy * (x - mean), to the weight's ``shape``.
+
+    With a weight per element (LayerNorm) this is a vector-matrix product over the samples.
+    """
+    k = len(shape)
+    if rstd.shape[rstd.dim() - k :] == (1,) * k and sum_dy_xc.shape == rstd.shape[:-k] + shape:
+        return (rstd.reshape(-1) @ sum_dy_xc.reshape(rstd.numel(), math.prod(shape))).reshape(shape)
+    return (rstd * sum_dy_xc).sum_to_size(shape)
 
 
 def group_sum(t: Tensor, weight: Tensor | None, shape: Sequence[int]) -> Tensor:
     """sum of weight * t over each group, to ``shape`` (``t`` from ``grad_sums``).
 
-    When the weight spans the group, one value per element (LayerNorm), this is a
-    matrix-vector product: no weight * t is ever stored.
+    With a weight per element (LayerNorm) this is a matrix-vector product over each group.
     """
     if weight is None:
         return t.sum_to_size(shape)
     k = weight.dim()
-    if t.shape[-k:] == weight.shape and all(s == 1 for s in shape[-k:]):
-        return (t.flatten(-k) @ weight.flatten()).reshape(shape)
+    if t.shape[t.dim() - k :] == weight.shape and tuple(shape) == t.shape[:-k] + (1,) * k:
+        return (t.reshape(*t.shape[:-k], weight.numel()) @ weight.reshape(-1)).reshape(shape)
     return (weight * t).sum_to_size(shape)
 
 
-def grad_input(
-    dy: Tensor,
-    x_hat: Tensor,
-    rstd: Tensor,
-    weight: Tensor | None,
-    sum_dy: Tensor,
-    sum_dy_xhat: Tensor,
-    n: int,
-) -> Tensor:
-    """dL/dx in training: rstd * (g - mean(g) - x_hat * mean(g * x_hat)) with g = weight * dy.
-
-    ``sum_dy`` and ``sum_dy_xhat`` come from ``grad_sums``; ``n`` values form one group.
-    """
-    mean_g = group_sum(sum_dy, weight, rstd.shape) / n  # mean(g) over each group
-    mean_g_xhat = group_sum(sum_dy_xhat, weight, rstd.shape) / n  # mean(g * x_hat)
-    dx = scaled(dy, rstd, weight)  # rstd * g
-    return dx.sub_(rstd * mean_g).addcmul_(x_hat, -rstd * mean_g_xhat)
-
-
 def scaled(t: Tensor, rstd: Tensor, weight: Tensor | None) -> Tensor:
-    """A new tensor t * rstd * weight (weight None: 1), storing only one full-size product.
+    """A new tensor t * rstd * weight (no weight: 1), with one full-size product only.
 
     A per-channel weight (viewed with as many axes as t) is multiplied into rstd first.
     """
@@ -101,6 +119,11 @@ def scaled(t: Tensor, rstd: Tensor, weight: Tensor | None) -> Tensor:
     if weight.dim() == t.dim():  # BN, IN, GN: rstd * weight is small
         return t * (rstd * weight)
     return (t * rstd).mul_(weight)  # LN: one weight per element
+
+
+# ---------------------------------------------------------------------------
+# The Function every layer calls.
+# ---------------------------------------------------------------------------
 
 
 class Normalize(torch.autograd.Function):
@@ -126,11 +149,11 @@ class Normalize(torch.autograd.Function):
             mean, var = _per_channel(running_mean, x), _per_channel(running_var, x)
             d, mean_d = x, mean
         rstd = inverse_std(var, norm)  # 1 / sigma, one per group
-        # y = gamma * (x - mu) / sigma + beta = gamma * (d - mean(d)) / sigma + beta
+        # y = weight * (x - mean) * rstd + bias = weight * (d - mean(d)) * rstd + bias
         if weight is not None and weight.dim() < x.dim():  # LN: a weight per element
             y = d.sub_(mean_d).mul_(rstd) * weight  # (LN has no running statistics: d is a copy)
             y = y if bias is None else y.add_(bias)
-        else:  # a weight per channel: y = d * s + (beta - mean(d) * s) with s = gamma / sigma
+        else:  # a weight per channel: y = d * s + (bias - mean(d) * s) with s = weight * rstd
             s = rstd if weight is None else rstd * weight
             y = (d * s).sub_(mean_d * s if bias is None else mean_d * s - bias)
         return y.to(input.dtype), mean, rstd
@@ -140,7 +163,7 @@ class Normalize(torch.autograd.Function):
         input, weight, bias, _, _, norm = inputs
         _, mean, rstd = output
         ctx.mark_non_differentiable(mean, rstd)
-        ctx.save_for_backward(input, weight, mean, rstd)  # x itself: x_hat is recomputed
+        ctx.save_for_backward(input, weight, mean, rstd)  # x itself: x - mean is recomputed
         ctx.save_for_forward(input, weight, mean, rstd)
         ctx.norm, ctx.bias_shape = norm, None if bias is None else bias.shape
 
@@ -153,19 +176,18 @@ class Normalize(torch.autograd.Function):
         if norm.training and torch.is_grad_enabled():  # create_graph: mean and rstd depend on x
             mean, var = F.moments(x, norm.dims)
             rstd = inverse_std(var, norm)
-        x_hat = (x - mean).mul_(rstd)  # recomputed from x
-        # sum dy and sum dy * x_hat over the axes where the statistics and the weight are constant
-        sum_dy, sum_dy_xhat = grad_sums(dy, x_hat, _shared_shape(mean, weight))
+        xc = x - mean  # x_hat = xc * rstd
+        sum_dy, sum_dy_xc = grad_sums(dy, xc, _shared_shape(mean, weight))
         dx = dweight = dbias = None
         if ctx.needs_input_grad[0] and norm.training:
             n = _count(x, norm)
-            dx = grad_input(dy, x_hat, rstd, weight, sum_dy, sum_dy_xhat, n).to(input.dtype)
-        elif ctx.needs_input_grad[0]:  # eval: a fixed scale gamma / sigma per channel
+            dx = grad_input(dy, xc, rstd, weight, sum_dy, sum_dy_xc, n).to(input.dtype)
+        elif ctx.needs_input_grad[0]:  # eval: a fixed scale, weight * rstd per channel
             dx = scaled(dy, rstd, weight).to(input.dtype)
         if weight is not None:
-            dweight = sum_dy_xhat.sum_to_size(weight.shape)  # dL/dgamma = sum dy * x_hat
+            dweight = grad_weight(sum_dy_xc, rstd, weight.shape)  # sum dy * x_hat
         if ctx.bias_shape is not None:
-            dbias = sum_dy.sum_to_size(ctx.bias_shape)  # dL/dbeta = sum dy
+            dbias = sum_dy.sum_to_size(ctx.bias_shape)  # sum dy
         return dx, dweight, dbias, None, None, None
 
     @staticmethod
@@ -174,21 +196,28 @@ class Normalize(torch.autograd.Function):
         input, weight, mean, rstd = ctx.saved_tensors
         norm = ctx.norm
         x = input.to(mean.dtype)
-        x_hat = (x - mean) * rstd
-        dy = torch.zeros_like(x_hat)
-        if dinput is not None:
+        xc = x - mean
+        dy = torch.zeros_like(xc)
+        if dinput is not None:  # weight * d(x_hat), d(x_hat) = J dx with J = J^T
             dx = dinput.to(mean.dtype)
             if norm.training:
-                sums = grad_sums(dx, x_hat, mean.shape)
-                dx_hat = grad_input(dx, x_hat, rstd, None, *sums, _count(x, norm))
+                sums = grad_sums(dx, xc, mean.shape)
+                dx_hat = grad_input(dx, xc, rstd, None, *sums, _count(x, norm))
             else:
                 dx_hat = dx * rstd
             dy = dy + (dx_hat if weight is None else dx_hat * weight)
         if dweight is not None:
-            dy = dy + dweight * x_hat
+            dy = dy + dweight * xc * rstd  # d(weight) * x_hat
         if dbias is not None:
             dy = dy + dbias
         return dy.to(input.dtype), None, None
+
+
+class CompiledNormalize(Normalize):
+    """``Normalize`` for ``torch.compile``, which cannot trace a Function with its own jvp
+    (Dynamo's "Unsupported custom jvp"): the same forward and backward, no forward mode."""
+
+    jvp = torch.autograd.Function.jvp
 
 
 def _update_running(running_mean, running_var, mean, var, n, norm) -> None:
@@ -206,14 +235,13 @@ def _shared_shape(mean: Tensor, weight: Tensor | None) -> tuple[int, ...]:
     if weight is None:
         return tuple(mean.shape)
     k = mean.dim() - weight.dim()  # weight's shape lines up with the last axes
-    return tuple(mean.shape[:k]) + tuple(
-        w if m == 1 else m for m, w in zip(mean.shape[k:], weight.shape)
-    )
+    pairs = zip(mean.shape[k:], weight.shape, strict=True)
+    return tuple(mean.shape[:k]) + tuple([w if m == 1 else m for m, w in pairs])
 
 
 def _count(x: Tensor, norm: Norm) -> int:
     """n: how many values one group holds."""
-    return math.prod(x.shape[d] for d in norm.dims)
+    return math.prod([x.shape[d] for d in norm.dims])
 
 
 def _per_channel(running: Tensor, x: Tensor) -> Tensor:

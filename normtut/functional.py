@@ -39,8 +39,8 @@ def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor
     mean = K + mean(d) and M2 = sum (x - mean)^2 = sum d^2 - n mean(d)^2 lose nothing.
     ``d`` is returned for callers that go on to use x - mean = d - mean(d).
     """
-    dims = tuple(i % x.dim() for i in dims)
-    n = math.prod(x.shape[i] for i in dims)
+    dims = tuple([i % x.dim() for i in dims])
+    n = math.prod([x.shape[i] for i in dims])
     K = _rough_mean(x, dims).detach()  # any K gives the same mean and M2
     d = x - K
     sum_d = d.sum(dims, keepdim=True)
@@ -236,8 +236,9 @@ def _normalize(
     norm: autograd.Norm,
 ) -> Tensor:
     """``autograd.Normalize`` with weight and bias cast to ``dtype`` and viewed as ``shape``."""
-    weight, bias = (None if t is None else t.to(dtype).reshape(shape) for t in (weight, bias))
-    y, _, _ = autograd.Normalize.apply(x, weight, bias, running_mean, running_var, norm)
+    weight, bias = [None if t is None else t.to(dtype).reshape(shape) for t in (weight, bias)]
+    fn = autograd.CompiledNormalize if torch.compiler.is_compiling() else autograd.Normalize
+    y, _, _ = fn.apply(x, weight, bias, running_mean, running_var, norm)
     return y
 
 
