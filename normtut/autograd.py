@@ -37,15 +37,15 @@ class Norm:
     eps: float
     training: bool = True  # statistics of the input (else running_mean and running_var)
     momentum: float = 0.0  # how much this batch weighs in the running statistics
-    # torch's batch_norm kernel (BN, IN) defines 1/sigma = 0 where var + eps == 0, so a
-    # constant group becomes beta; its layer_norm and group_norm kernels give 1/0 = inf.
+    # torch's batch_norm kernel (BN, IN) defines 1/sigma = 0 for batch statistics with
+    # var + eps == 0, so a constant group becomes beta; elsewhere 1/0 = inf (NaN outputs).
     zero_rstd_if_constant: bool = False
 
 
 def inverse_std(var: Tensor, norm: Norm) -> Tensor:
     """rstd = 1 / sqrt(var + eps), or 0 for a constant group where ``norm`` says so."""
     rstd = torch.rsqrt(var + norm.eps)
-    if norm.zero_rstd_if_constant and norm.eps == 0:  # var >= 0: only eps = 0 can give 0
+    if norm.zero_rstd_if_constant and norm.training and norm.eps == 0:  # var >= 0: eps = 0 only
         rstd = torch.where(var == 0, 0.0, rstd)
     return rstd
 
@@ -151,11 +151,14 @@ class Normalize(torch.autograd.Function):
         rstd = inverse_std(var, norm)  # 1 / sigma, one per group
         # y = weight * (x - mean) * rstd + bias = weight * (d - mean(d)) * rstd + bias
         if weight is not None and weight.dim() < x.dim():  # LN: a weight per element
-            y = d.sub_(mean_d).mul_(rstd) * weight  # (LN has no running statistics: d is a copy)
+            xc = d - mean_d if torch.is_grad_enabled() else d.sub_(mean_d)  # see below
+            y = xc.mul_(rstd) * weight
             y = y if bias is None else y.add_(bias)
         else:  # a weight per channel: y = d * s + (bias - mean(d) * s) with s = weight * rstd
             s = rstd if weight is None else rstd * weight
             y = (d * s).sub_(mean_d * s if bias is None else mean_d * s - bias)
+        # Called directly with grad enabled (torch.jit.trace does: functional._normalize), the
+        # forward is the primitive graph autograd differentiates; d is then kept intact.
         return y.to(input.dtype), mean, rstd
 
     @staticmethod

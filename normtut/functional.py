@@ -237,9 +237,12 @@ def _normalize(
 ) -> Tensor:
     """``autograd.Normalize`` with weight and bias cast to ``dtype`` and viewed as ``shape``."""
     weight, bias = [None if t is None else t.to(dtype).reshape(shape) for t in (weight, bias)]
-    fn = autograd.CompiledNormalize if torch.compiler.is_compiling() else autograd.Normalize
-    y, _, _ = fn.apply(x, weight, bias, running_mean, running_var, norm)
-    return y
+    args = (x, weight, bias, running_mean, running_var, norm)
+    if torch.jit.is_tracing():  # a graph of aten ops that runs (and saves) without Python
+        return autograd.Normalize.forward(*args)[0]
+    if torch.compiler.is_compiling():  # Dynamo traces the Function, but not its jvp
+        return autograd.CompiledNormalize.apply(*args)[0]
+    return autograd.Normalize.apply(*args)[0]
 
 
 def _channel_shape(input: Tensor) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ relies on.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import pytest
@@ -363,3 +364,63 @@ def test_eval_backward_is_a_fixed_scale():
     (dx,) = torch.autograd.grad(ours(x), x, dy)
     scale = ours.weight / torch.sqrt(ours.running_var + ours.eps)
     torch.testing.assert_close(dx, dy * scale.reshape(1, 3, 1, 1), **F64)
+
+
+# ---------------------------------------------------------------------------
+# Tracing and compiling the Function.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["BN2d", "LN-(C,L)"])
+def test_torch_compile_matches_torch(name):
+    """Under torch.compile (the Function without its jvp, which Dynamo cannot trace) the
+    outputs, gradients and running statistics are torch's; the layer compiles in one graph."""
+    layer = next(layer for layer in LAYERS if layer.name == name)
+    ours, ref = pair(layer, "train", dtype=torch.float32)
+    compiled = torch.compile(ours, backend="aot_eager", fullgraph=True)
+    for step in range(2):
+        x = torch.randn(layer.shape) * 3 + step
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = compiled(xa), ref(xb)
+        dy = torch.randn_like(yb)
+        ga = torch.autograd.grad(ya, [xa, *ours.parameters()], dy)
+        gb = torch.autograd.grad(yb, [xb, *ref.parameters()], dy)
+        for a, b in zip((ya, *ga, *ours.buffers()), (yb, *gb, *ref.buffers()), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_jit_trace_and_export_update_the_running_statistics():
+    """torch.export sees the Function; torch.jit.trace records the forward's plain aten ops
+    (a graph that saves and runs without Python). Both update the running buffers once per
+    call, as the module does."""
+    x = torch.randn(4, 3, 5)
+    for build in (
+        lambda m: torch.jit.trace(m, (x,), check_trace=False),
+        lambda m: torch.export.export(m, (x,)).module(),
+    ):
+        ours, ref = normtut.BatchNorm1d(3), nn.BatchNorm1d(3)
+        traced = build(ours)
+        traced.load_state_dict(ref.state_dict())  # undo the update made while tracing
+        torch.testing.assert_close(traced(x), ref(x))
+        for a, b in zip(traced.buffers(), ref.buffers(), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [layer for layer in LAYERS if layer.name in ("BN2d", "LN-(C,L)", "GN", "IN2d-affine")],
+    ids=repr,
+)
+def test_jit_traced_layer_saves_and_differentiates_like_torch(layer):
+    ours, ref = pair(layer, "train", dtype=torch.float32)
+    x = torch.randn(layer.shape)
+    traced = torch.jit.trace(ours, (x,), check_trace=False)
+    torch.jit.save(traced, io.BytesIO())  # no Python op in the graph
+    traced.load_state_dict(ref.state_dict())
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = traced(xa), ref(xb)
+    dy = torch.randn_like(yb)
+    ga = torch.autograd.grad(ya, [xa, *traced.parameters()], dy)
+    gb = torch.autograd.grad(yb, [xb, *ref.parameters()], dy)
+    for a, b in zip((ya, *ga), (yb, *gb), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
