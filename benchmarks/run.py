@@ -214,6 +214,7 @@ def measure(case: Case, shape: tuple[int, ...], rounds: int, use_compile: bool) 
         "floor": step_fns(torch.clone, [], x, dy),
     }
     if use_compile:
+        torch._dynamo.reset()  # a fresh compile per shape: no recompile limit, no dynamic shapes
         compiled = torch.compile(case.make(normtut, shape).train(case.train), dynamic=False)
         candidates["compiled"] = step_fns(compiled, list(compiled.parameters()), x, dy)
     for fwd, fwdbwd in candidates.values():  # warm up: page faults, caches, compilation

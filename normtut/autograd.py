@@ -151,14 +151,14 @@ class Normalize(torch.autograd.Function):
         rstd = inverse_std(var, norm)  # 1 / sigma, one per group
         # y = weight * (x - mean) * rstd + bias = weight * (d - mean(d)) * rstd + bias
         if weight is not None and weight.dim() < x.dim():  # LN: a weight per element
-            xc = d - mean_d if torch.is_grad_enabled() else d.sub_(mean_d)  # see below
-            y = xc.mul_(rstd) * weight
-            y = y if bias is None else y.add_(bias)
+            x_hat = (d - mean_d if torch.is_grad_enabled() else d.sub_(mean_d)).mul_(rstd)
+            y = x_hat * weight if bias is None else torch.addcmul(bias, x_hat, weight)
         else:  # a weight per channel: y = d * s + (bias - mean(d) * s) with s = weight * rstd
             s = rstd if weight is None else rstd * weight
             y = (d * s).sub_(mean_d * s if bias is None else mean_d * s - bias)
         # Called directly with grad enabled (torch.jit.trace does: functional._normalize), the
-        # forward is the primitive graph autograd differentiates; d is then kept intact.
+        # forward is the primitive graph autograd differentiates, so d, which d * d keeps for
+        # its backward, is not overwritten then.
         return y.to(input.dtype), mean, rstd
 
     @staticmethod

@@ -39,7 +39,7 @@ def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor
     mean = K + mean(d) and M2 = sum (x - mean)^2 = sum d^2 - n mean(d)^2 lose nothing.
     ``d`` is returned for callers that go on to use x - mean = d - mean(d).
     """
-    dims = tuple([i % x.dim() for i in dims])
+    dims = tuple(sorted([i % x.dim() for i in dims]))
     n = math.prod([x.shape[i] for i in dims])
     K = _rough_mean(x, dims).detach()  # any K gives the same mean and M2
     d = x - K
@@ -80,12 +80,16 @@ def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
 
 
 def _rough_mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """A cheap value near each group's mean: the mean of its first slice along dims[0].
+    """K: a value near each group's mean, cheaply: the mean of its first few values.
 
-    An infinite or NaN value there counts as 0 (x - inf would give inf - inf = NaN).
+    The first 8 along the group's last axis, at index 0 of its other axes (a sliver of the
+    data, read in contiguous runs). Infinite or NaN, it counts as 0: x - inf = NaN.
     """
-    first = x.narrow(dims[0], 0, min(1, x.shape[dims[0]])).mean(dims, keepdim=True)
-    return torch.nan_to_num(first, nan=0.0, posinf=0.0, neginf=0.0)
+    first = x
+    for i in dims[:-1]:
+        first = first.narrow(i, 0, min(1, x.shape[i]))
+    first = first.narrow(dims[-1], 0, min(8, x.shape[dims[-1]]))
+    return torch.nan_to_num(first.mean(dims, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def standardize(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
