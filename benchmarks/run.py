@@ -104,7 +104,7 @@ CASES = (
 )
 
 FIELDS = [
-    "layer", "shape", "torch_fwd_ms", "torch_fwdbwd_ms", "normtut_fwd", "normtut_fwdbwd",
+    "layer", "shape", "target", "torch_fwd_ms", "torch_fwdbwd_ms", "normtut_fwd", "normtut_fwdbwd",
     "floor_fwd", "floor_fwdbwd", "compiled_fwd", "compiled_fwdbwd", "saved_torch", "saved_normtut",
     "peak_torch", "peak_normtut",
 ]  # fmt: skip
@@ -234,6 +234,7 @@ def measure(case: Case, shape: tuple[int, ...], rounds: int, use_compile: bool) 
     row = {
         "layer": case.layer,
         "shape": "x".join(map(str, shape)),
+        "target": case.target,
         "torch_fwd_ms": fwd["torch"] * 1e3,
         "torch_fwdbwd_ms": fwdbwd["torch"] * 1e3,
         "saved_torch": saved_bytes(graph(ref)) / nbytes,

@@ -56,11 +56,11 @@ def inverse_std(var: Tensor, norm: Norm) -> Tensor:
 
 
 def grad_sums(dy: Tensor, xc: Tensor, shape: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """The two reductions of a norm's backward: sum dy and sum dy * (x - mean), to ``shape``.
+    """The two reductions of a norm's backward: sum dy and sum dy * xc, xc = x - mean.
 
-    ``xc`` is x - mean. ``shape`` may be anything from one value per group to one per
-    element; the backward uses the axes on which both the statistics and the weight are
-    constant, and multiplies by rstd afterwards: sum dy * x_hat = rstd * sum dy * xc.
+    Summed to ``shape``: anything from one value per group to one per element. The
+    backward sums over the axes on which both the statistics and the weight are
+    constant; sum dy * x_hat is then rstd * sum dy * xc (rstd is constant on a group).
     """
     return dy.sum_to_size(shape), (dy * xc).sum_to_size(shape)
 
@@ -74,7 +74,7 @@ def grad_input(
     sum_dy_xc: Tensor,
     n: int,
 ) -> Tensor:
-    """dL/dx in training: rstd * (g - mean(g) - x_hat * mean(g * x_hat)) with g = weight * dy.
+    """dL/dx, training: rstd * (g - mean(g) - x_hat * mean(g * x_hat)), g = weight * dy.
 
     ``xc`` is x - mean (so x_hat = xc * rstd), ``sum_dy`` and ``sum_dy_xc`` come from
     ``grad_sums``, and ``n`` values form one group.
@@ -99,13 +99,15 @@ def grad_weight(sum_dy_xc: Tensor, rstd: Tensor, shape: Sequence[int]) -> Tensor
 def group_sum(t: Tensor, weight: Tensor | None, shape: Sequence[int]) -> Tensor:
     """sum of weight * t over each group, to ``shape`` (``t`` from ``grad_sums``).
 
-    With a weight per element (LayerNorm) this is a matrix-vector product over each group.
+    With a weight per element (LayerNorm) it is a matrix-vector product over each group.
     """
     if weight is None:
         return t.sum_to_size(shape)
     k = weight.dim()
-    if t.shape[t.dim() - k :] == weight.shape and tuple(shape) == t.shape[:-k] + (1,) * k:
-        return (t.reshape(*t.shape[:-k], weight.numel()) @ weight.reshape(-1)).reshape(shape)
+    groups = t.shape[: t.dim() - k]
+    if t.shape[t.dim() - k :] == weight.shape and tuple(shape) == groups + (1,) * k:
+        rows = t.reshape(*groups, weight.numel())  # LN: one row per group
+        return (rows @ weight.reshape(-1)).reshape(shape)
     return (weight * t).sum_to_size(shape)
 
 
@@ -140,7 +142,7 @@ class Normalize(torch.autograd.Function):
     @staticmethod
     def forward(input, weight, bias, running_mean, running_var, norm: Norm):
         x = input.to(torch.promote_types(input.dtype, torch.float32))
-        if norm.training:  # the statistics of x, from d = x - K with K near each group's mean
+        if norm.training:  # statistics of x, from d = x - K, K near each group's mean
             n, K, d, mean_d, m2 = F.shifted_moments(x, norm.dims)
             mean, var = K + mean_d, m2 / n
             if running_mean is not None:
@@ -151,14 +153,13 @@ class Normalize(torch.autograd.Function):
         rstd = inverse_std(var, norm)  # 1 / sigma, one per group
         # y = weight * (x - mean) * rstd + bias = weight * (d - mean(d)) * rstd + bias
         if weight is not None and weight.dim() < x.dim():  # LN: a weight per element
+            # d - mean(d) in d's memory, unless autograd records this call (jit.trace
+            # calls forward directly, see functional._normalize): d * d keeps d.
             x_hat = (d - mean_d if torch.is_grad_enabled() else d.sub_(mean_d)).mul_(rstd)
             y = x_hat * weight if bias is None else torch.addcmul(bias, x_hat, weight)
-        else:  # a weight per channel: y = d * s + (bias - mean(d) * s) with s = weight * rstd
+        else:  # weight per channel: y = d * s + (bias - mean(d) * s), s = weight * rstd
             s = rstd if weight is None else rstd * weight
             y = (d * s).sub_(mean_d * s if bias is None else mean_d * s - bias)
-        # Called directly with grad enabled (torch.jit.trace does: functional._normalize), the
-        # forward is the primitive graph autograd differentiates, so d, which d * d keeps for
-        # its backward, is not overwritten then.
         return y.to(input.dtype), mean, rstd
 
     @staticmethod
@@ -176,7 +177,7 @@ class Normalize(torch.autograd.Function):
         norm = ctx.norm
         x = input.to(mean.dtype)
         dy = layout.like(dy.to(mean.dtype), x)  # dx comes back in the input's memory layout
-        if norm.training and torch.is_grad_enabled():  # create_graph: mean and rstd depend on x
+        if norm.training and torch.is_grad_enabled():  # create_graph: mean, rstd of x
             mean, var = F.moments(x, norm.dims)
             rstd = inverse_std(var, norm)
         xc = x - mean  # x_hat = xc * rstd

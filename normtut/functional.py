@@ -31,13 +31,16 @@ from . import autograd, checks, layout
 # ---------------------------------------------------------------------------
 
 
-def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
-    """The one pass over the data behind every statistic: (n, K, d, mean(d), M2) over ``dims``.
+def shifted_moments(
+    x: Tensor,
+    dims: Sequence[int],
+) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
+    """One pass over the data behind every statistic: n, K, d, mean(d), M2 over dims.
 
-    The textbook E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std. Subtracting
-    first a value K near each group's mean keeps the sums small: with d = x - K,
-    mean = K + mean(d) and M2 = sum (x - mean)^2 = sum d^2 - n mean(d)^2 lose nothing.
-    ``d`` is returned for callers that go on to use x - mean = d - mean(d).
+    The textbook E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std.
+    Subtracting first a value K near each group's mean keeps the sums small: with
+    d = x - K, mean = K + mean(d) and M2 = sum (x - mean)^2 = sum d^2 - n mean(d)^2 lose
+    nothing. ``d`` is returned for callers that go on to use x - mean = d - mean(d).
     """
     dims = tuple(sorted([i % x.dim() for i in dims]))
     n = math.prod([x.shape[i] for i in dims])
@@ -45,7 +48,7 @@ def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor
     d = x - K
     sum_d = d.sum(dims, keepdim=True)
     mean_d = sum_d / n
-    m2 = (d * d).sum(dims, keepdim=True) - sum_d * mean_d  # M2 = sum d^2 - (sum d)^2 / n
+    m2 = (d * d).sum(dims, keepdim=True) - sum_d * mean_d  # sum d^2 - (sum d)^2 / n
     return n, K, d, mean_d, m2.clamp_min(0.0)  # rounding must not leave M2 below 0
 
 

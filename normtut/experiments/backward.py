@@ -2,8 +2,9 @@
 
 ``forward_graph`` draws BatchNorm's forward pass as a computational graph; ``coupling``
 draws the Jacobian dy/dx of a BatchNorm layer in training and in evaluation, computed
-through normtut's own backward; ``read_bench`` and ``bench_table``
-read and format the committed results of ``make bench``; ``bench_chart`` plots them.
+through normtut's own backward; ``saved_bytes`` measures what autograd keeps for backward;
+``read_bench`` and ``bench_table`` read and format the committed results of ``make bench``,
+``bench_chart`` plots them.
 """
 
 from __future__ import annotations
@@ -102,6 +103,20 @@ def coupling(n: int = 8) -> Figure:
     return fig
 
 
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward of ``fn()``."""
+    storages = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
 def read_bench(path: str | Path) -> list[dict[str, object]]:
     """The rows of ``benchmarks/results.csv``, numbers as floats."""
     with open(path, newline="") as f:
@@ -135,9 +150,9 @@ def bench_table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def bench_chart(rows: list[dict[str, object]], targets: dict[str, float]) -> Figure:
+def bench_chart(rows: list[dict[str, object]]) -> Figure:
     """Median forward + backward time over the shapes, as a multiple of torch's, per layer:
-    normtut eager and compiled, with each layer's target."""
+    normtut eager and compiled, with each layer's target (the ``target`` column)."""
     layers = list(dict.fromkeys(r["layer"] for r in rows))
 
     def median(layer, key):
@@ -150,7 +165,7 @@ def bench_chart(rows: list[dict[str, object]], targets: dict[str, float]) -> Fig
     ax.barh(y + 0.18, [median(lay, "compiled_fwdbwd") for lay in layers], 0.34,
             color="#9bc48f", label="normtut, torch.compile")  # fmt: skip
     for i, layer in enumerate(layers):
-        ax.plot([targets[layer]] * 2, [i - 0.4, i + 0.4], color="#c0392b", lw=2)
+        ax.plot([median(layer, "target")] * 2, [i - 0.4, i + 0.4], color="#c0392b", lw=2)
     ax.plot([], [], color="#c0392b", lw=2, label="target (eager)")
     ax.axvline(1.0, color="#555555", lw=1, ls="--")
     ax.set_yticks(y, layers)

@@ -48,12 +48,12 @@ def test_figures_draw():
 
 @pytest.fixture
 def results(tmp_path):
-    fields = ["layer", "shape", "normtut_fwd", "normtut_fwdbwd", "compiled_fwdbwd",
+    fields = ["layer", "shape", "target", "normtut_fwd", "normtut_fwdbwd", "compiled_fwdbwd",
               "saved_normtut", "saved_torch", "peak_normtut", "peak_torch"]  # fmt: skip
     rows = [
-        ["BN", "2x3", 1.0, 2.0, 0.5, 1.0, 1.0, 4.0, 2.0],
-        ["BN", "4x3", 3.0, 4.0, 1.5, 1.0, 1.0, 4.0, 2.0],
-        ["LN", "2x3", 2.0, 3.0, "nan", 1.1, 1.2, 6.0, 2.0],
+        ["BN", "2x3", 2.0, 1.0, 2.0, 0.5, 1.0, 1.0, 4.0, 2.0],
+        ["BN", "4x3", 2.0, 3.0, 4.0, 1.5, 1.0, 1.0, 4.0, 2.0],
+        ["LN", "2x3", 2.5, 2.0, 3.0, "nan", 1.1, 1.2, 6.0, 2.0],
     ]
     path = tmp_path / "results.csv"
     with open(path, "w", newline="") as f:
@@ -68,6 +68,14 @@ def test_bench_table_gives_medians_per_layer(results):
     assert len(lines) == 3
     assert lines[1].split()[:4] == ["BN", "2.00", "3.00", "1.00"]
     assert lines[2].split()[:4] == ["LN", "2.00", "3.00", "n/a"]
-    fig = B.bench_chart(results, {"BN": 2.0, "LN": 2.5})
+    fig = B.bench_chart(results)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["BN", "LN"]
     plt.close(fig)
+
+
+def test_saved_bytes_counts_each_storage_once():
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    layer = nn.BatchNorm1d(3)
+    kept = B.saved_bytes(lambda: layer(x))
+    assert kept >= x.numel() * 4  # torch keeps the input
+    assert B.saved_bytes(lambda: x * x) == x.numel() * 4  # x twice, one storage
