@@ -13,6 +13,8 @@ Only the axes differ. For an input of shape [N, C, H, W]:
     layer_norm     the last k axes      one mean per sample (e.g. C, H, W)
     group_norm     (C/G, H, W)          one mean per sample and group of channels
 
+The four layer functions check their arguments, pick the axes and hand the steps to
+``autograd.Normalize``: its forward runs them, its backward is the derived formula.
 The signatures and error types are those of ``torch.nn.functional``.
 """
 
@@ -77,7 +79,10 @@ def merge_moments(
 
 
 def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes): var = M2 / n."""
+    """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes): var = M2 / n.
+
+    One pass over shifted data (``shifted_moments``), as accurate as two passes.
+    """
     n, mean, m2 = partial_moments(x, dims)
     return mean, m2 / n
 
