@@ -481,7 +481,7 @@ def test_merge_moments_is_the_moments_of_the_union(split):
 
 
 def test_moments_first_value_far_from_the_mean():
-    """The shift K is the mean of a few of each group's first values, not its first value: one padding
+    """The shift K is the mean of a coarse grid of each group's values, not its first value: one padding
     zero in front of values near 1000 does not cost the variance its digits in float32."""
     x = torch.randn(64, 1) * 0.5 + 1000
     x[0, 0] = 0.0
