@@ -13,12 +13,13 @@ How it measures, so that the numbers mean something on a shared machine:
 - memory: the bytes autograd keeps for backward (distinct storages) and the peak of the
   tensors alive during forward + backward, both as multiples of the input's bytes.
 
-Targets: the median forward + backward ratio over the shapes of each layer (``TARGETS``).
+Targets: the median forward + backward ratio over the shapes of each layer (``Case.target``).
 Exits 1 when one is missed, or when normtut keeps more for backward than torch does.
 The compiled column (normtut under ``torch.compile``, inductor; it needs a C++ compiler) is
-reported against ``COMPILED_AIM`` without gating. Writes ``benchmarks/results.csv``.
+reported against ``Case.compiled_aim`` without gating. Writes ``benchmarks/bench.csv``,
+which the backward-pass chapter renders.
 
-    python benchmarks/run.py [--rounds N] [--quick] [--no-compile] [--csv PATH]
+    python benchmarks/run.py [--rounds N] [--quick] [--no-compile] [--only TEXT] [--csv PATH]
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--quick", action="store_true", help="the first shape of each layer only")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled column")
-    parser.add_argument("--csv", type=Path, default=HERE / "results.csv")
+    parser.add_argument("--csv", type=Path, default=HERE / "bench.csv")
     parser.add_argument("--only", help="run only the layers whose name contains this text")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -118,7 +118,7 @@ def saved_bytes(fn) -> int:
 
 
 def read_bench(path: str | Path) -> list[dict[str, object]]:
-    """The rows of ``benchmarks/results.csv``, numbers as floats."""
+    """The rows of ``benchmarks/bench.csv``, numbers as floats."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
