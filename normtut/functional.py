@@ -13,36 +13,92 @@ Only the axes differ. For an input of shape [N, C, H, W]::
     layer_norm     the last k axes      one mean per sample (e.g. C, H, W)
     group_norm     (C/G, H, W)          one mean per sample and group of channels
 
+The four layer functions check their arguments, pick the axes and hand the steps to
+``autograd.Normalize``: its forward runs them, its backward is the derived formula.
 The signatures and error types are those of ``torch.nn.functional``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from . import checks
+from . import autograd, checks, layout
 
 # ---------------------------------------------------------------------------
 # The one place where statistics are computed.
 # ---------------------------------------------------------------------------
 
 
-def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes).
+def shifted_moments(
+    x: Tensor,
+    dims: Sequence[int],
+) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
+    """One pass over the data behind every statistic: n, K, d, mean(d), M2 over dims.
 
-    Two passes: subtract the mean first, then average the squares. The one-pass
-    formula E[x^2] - E[x]^2 cancels catastrophically when ``|mean| >> std``. The mean gets
-    one correction step: summing n values near 1000 in float32 leaves a rounding error
-    that is large next to a std of 0.01.
+    The textbook E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std.
+    Subtracting first a value K near each group's mean keeps the sums small: with
+    d = x - K, mean = K + mean(d) and M2 = sum (x - mean)^2 = sum d^2 - n mean(d)^2 lose
+    nothing. ``d`` is returned for callers that go on to use x - mean = d - mean(d).
     """
-    mean = x.mean(dim=tuple(dims), keepdim=True)  # mu = 1/n sum x
-    # mu += 1/n sum (x - mu): zero but for rounding
-    mean = mean + (x - mean).mean(dim=tuple(dims), keepdim=True)
-    var = ((x - mean) ** 2).mean(dim=tuple(dims), keepdim=True)  # s2 = 1/n sum (x - mu)^2
-    return mean, var
+    dims = tuple(sorted([i % x.dim() for i in dims]))
+    n = math.prod([x.shape[i] for i in dims])
+    K = _rough_mean(x, dims).detach()  # any K gives the same mean and M2
+    d = x - K
+    sum_d = d.sum(dims, keepdim=True)
+    mean_d = sum_d / n
+    m2 = (d * d).sum(dims, keepdim=True) - sum_d * mean_d  # sum d^2 - (sum d)^2 / n
+    return n, K, d, mean_d, m2.clamp_min(0.0)  # rounding must not leave M2 below 0
+
+
+def partial_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor]:
+    """Count n, mean and M2 = sum of (x - mean)^2 of ``x`` over ``dims`` (kept as size-1 axes).
+
+    What a distributed norm computes on each process and merges (``merge_moments``).
+    """
+    n, K, _, mean_d, m2 = shifted_moments(x, dims)
+    return n, K + mean_d, m2
+
+
+def merge_moments(
+    a: tuple[int | Tensor, Tensor, Tensor], b: tuple[int | Tensor, Tensor, Tensor]
+) -> tuple[int | Tensor, Tensor, Tensor]:
+    """(n, mean, M2) of two groups together, from each group's own (Chan, Golub, LeVeque).
+
+    The pairwise update: with delta = mean_b - mean_a, the means weigh by their counts and
+    M2 gains delta^2 * n_a * n_b / n, the spread between the two groups.
+    """
+    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    return n, mean, m2_a + m2_b + delta * delta * (n_a * n_b / n)
+
+
+def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes): var = M2 / n.
+
+    One pass over shifted data (``shifted_moments``), as accurate as two passes.
+    """
+    n, mean, m2 = partial_moments(x, dims)
+    return mean, m2 / n
+
+
+def _rough_mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """K: a value near each group's mean, cheaply: the mean of a coarse grid of its values.
+
+    At most 4 evenly spaced indices along each axis of the group (64 values of an image
+    batch's channel, spread over samples, rows and columns, borders included). Infinite
+    or NaN, K counts as 0: x - inf would be NaN.
+    """
+    grid = x
+    for i in dims:
+        step = max(1, -(-x.shape[i] // 4))  # ceil(size / 4)
+        grid = grid[(slice(None),) * i + (slice(None, None, step),)]
+    return torch.nan_to_num(grid.mean(dims, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def standardize(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
@@ -108,23 +164,11 @@ def batch_norm(
     if input.numel() == 0:  # as in torch: an empty copy comes back, the buffers stay
         out = input.clone() if weight is None else input * weight[0]  # [0]: keeps the graph
         return out if bias is None else out + bias[0]
-    C = input.shape[1]
     dtype = checks.compute_dtype("batch_norm", input, running_mean, running_var, weight, bias)
-    x = input.to(dtype)
-    shape = _channel_shape(input)
-
-    if training:
-        dims = [0, *range(2, x.dim())]  # BN: every axis except the channel axis
-        mean, var = moments(x, dims)  # [1, C, 1, 1]
-        n = x.numel() // C  # values per channel (> 0: empty inputs returned above)
-        if running_mean is not None and running_var is not None:
-            update_running(running_mean, mean, momentum)
-            update_running(running_var, unbiased(var, n), momentum)  # running var is unbiased
-    else:
-        mean, var = running_mean.to(dtype).reshape(shape), running_var.to(dtype).reshape(shape)
-
-    y = standardize(x, mean, var, eps)
-    return affine(y, _cast(weight, dtype), _cast(bias, dtype), shape).to(input.dtype)
+    x = input.contiguous(memory_format=layout.batch_norm_format(input))  # as torch's kernel
+    dims = (0, *range(2, x.dim()))  # BN: every axis except the channel axis
+    norm = autograd.Norm(dims, eps, training, momentum, zero_rstd_if_constant=True)
+    return _normalize(x, weight, bias, running_mean, running_var, _channel_shape(x), dtype, norm)
 
 
 def instance_norm(
@@ -145,26 +189,17 @@ def instance_norm(
     checks.instance_norm_args(
         input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
     )
-    C = input.shape[1]
     # Like torch, the running buffers may have any floating dtype here; weight and bias may not.
     dtype = checks.compute_dtype("instance_norm", input, weight, bias)
-    x = input.to(dtype)
-    shape = _channel_shape(input)
-
-    if use_input_stats:
-        dims = range(2, x.dim())  # IN: the spatial axes of each (sample, channel)
-        mean, var = moments(x, dims)  # [N, C, 1, 1]
-        n = x[0, 0].numel() if x.shape[0] * C > 0 else 0  # values per instance
-        # As in torch, an empty batch (N = 0) averages no instances and leaves NaN buffers;
-        # other empty inputs (C = 0 or no spatial values) leave them as they are.
-        if running_mean is not None and (n > 0 or x.shape[0] == 0):
-            update_running(running_mean, mean.mean(dim=0), momentum)  # average over the batch
-            update_running(running_var, unbiased(var, n).mean(dim=0), momentum)
-    else:
-        mean, var = running_mean.to(dtype).reshape(shape), running_var.to(dtype).reshape(shape)
-
-    y = standardize(x, mean, var, eps)
-    return affine(y, _cast(weight, dtype), _cast(bias, dtype), shape).to(input.dtype)
+    x = input.contiguous()  # IN answers in the contiguous layout, whatever the input's
+    dims = tuple(range(2, x.dim()))  # IN: the spatial axes of each (sample, channel)
+    N, C, n = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    if use_input_stats and (C == 0 or (n == 0 and N > 0)):
+        # As in torch, instances without values leave the buffers as they are (while an
+        # empty batch, N = 0, averages no instances and leaves NaN buffers).
+        running_mean = running_var = None
+    norm = autograd.Norm(dims, eps, use_input_stats, momentum, zero_rstd_if_constant=True)
+    return _normalize(x, weight, bias, running_mean, running_var, _channel_shape(x), dtype, norm)
 
 
 def layer_norm(
@@ -180,14 +215,11 @@ def layer_norm(
     """
     normalized_shape = checks.int_list_arg("layer_norm", "normalized_shape", 2, normalized_shape)
     checks.layer_norm_args(input, normalized_shape, weight, bias, eps)
-    k = len(normalized_shape)
     dtype = checks.compute_dtype("layer_norm", input, weight, bias)
-    x = input.to(dtype)
-
-    dims = range(x.dim() - k, x.dim())  # LN: the trailing normalized_shape axes
-    mean, var = moments(x, dims)
-    y = standardize(x, mean, var, eps)
-    return affine(y, _cast(weight, dtype), _cast(bias, dtype), normalized_shape).to(input.dtype)
+    x = input.contiguous()  # LN answers in the contiguous layout, whatever the input's
+    dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))  # LN: the trailing axes
+    norm = autograd.Norm(dims, eps)
+    return _normalize(x, weight, bias, None, None, normalized_shape, dtype, norm)
 
 
 def group_norm(
@@ -203,25 +235,39 @@ def group_norm(
     ``weight`` and ``bias`` are per channel.
     """
     checks.group_norm_args(input, num_groups, weight, bias, eps)
-    N, C = input.shape[:2]
+    N, C, G = input.shape[0], input.shape[1], num_groups
     dtype = checks.compute_dtype("group_norm", input, weight, bias)
-    x = input.to(dtype)
+    x = input.contiguous(memory_format=layout.suggest_memory_format(input))  # as torch's
+    grouped = x.reshape(N, G, C // G, *x.shape[2:])  # [N, G, C/G, *spatial], a view
+    dims = tuple(range(2, grouped.dim()))  # GN: (C/G, *spatial) in each group
+    shape = (1, G, C // G) + (1,) * (x.dim() - 2)  # the per-channel affine, grouped likewise
+    y = _normalize(grouped, weight, bias, None, None, shape, dtype, autograd.Norm(dims, eps))
+    return y.reshape(x.shape)
 
-    grouped = x.reshape(N, num_groups, C // num_groups, *x.shape[2:])  # [N, G, C/G, *spatial]
-    mean, var = moments(grouped, range(2, grouped.dim()))  # GN: (C/G, *spatial) in each group
-    y = standardize(grouped, mean, var, eps).reshape(x.shape)
-    return affine(y, _cast(weight, dtype), _cast(bias, dtype), _channel_shape(input)).to(
-        input.dtype
-    )
+
+def _normalize(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    shape: Sequence[int],
+    dtype: torch.dtype,
+    norm: autograd.Norm,
+) -> Tensor:
+    """``autograd.Normalize`` with weight and bias cast to ``dtype`` and viewed as ``shape``."""
+    weight, bias = [None if t is None else t.to(dtype).reshape(shape) for t in (weight, bias)]
+    args = (x, weight, bias, running_mean, running_var, norm)
+    if torch.jit.is_tracing():  # a graph of aten ops that runs (and saves) without Python
+        return autograd.Normalize.forward(*args)[0]
+    if torch.compiler.is_compiling():  # Dynamo traces the Function, but not its jvp
+        return autograd.CompiledNormalize.apply(*args)[0]
+    return autograd.Normalize.apply(*args)[0]
 
 
 def _channel_shape(input: Tensor) -> tuple[int, ...]:
     """[1, C, 1, 1, ...]: the shape a per-channel vector takes to broadcast over ``input``."""
     return (1, input.shape[1]) + (1,) * (input.dim() - 2)
-
-
-def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if t is None else t.to(dtype)
 
 
 # ===========================================================================
@@ -253,7 +299,7 @@ def rms_norm(
         y = y * weight
     # torch's layout: a channels-last input keeps it, any other gives a contiguous output
     y = y.to(input.dtype)  # rounded once
-    return y if _channels_last_like(input) else y.contiguous()
+    return y.contiguous(memory_format=layout.suggest_memory_format(input))
 
 
 def local_response_norm(
@@ -383,19 +429,3 @@ def _dims(input: Tensor, dim) -> list[int]:
 def _opmath(dtype: torch.dtype) -> torch.dtype:
     """The dtype torch computes in: float32 for float16/bfloat16, else ``dtype`` itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _channels_last_like(t: Tensor) -> bool:
-    """Whether torch takes ``t``'s strides for channels-last (``suggest_memory_format``).
-
-    As ATen's ``is_channels_last_strides_2d/3d``: visit C, the spatial axes from last to
-    first, then N; the strides must not decrease, and ambiguous cases count as contiguous.
-    """
-    if t.dim() not in (4, 5) or t.stride(1) == 0:
-        return False
-    smallest = 0
-    for d in (1, *range(t.dim() - 1, 1, -1), 0):
-        if t.shape[d] == 0 or t.stride(d) < smallest or (d == 0 and smallest == t.stride(1)):
-            return False
-        smallest = t.stride(d) * (t.shape[d] if t.shape[d] > 1 else 1)
-    return True

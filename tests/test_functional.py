@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -438,3 +440,156 @@ def test_shared_dtype_rule_for_weight_and_bias(fn, dtypes):
         assert ours.dtype == theirs.dtype
         eps = torch.finfo(x_dtype).eps
         torch.testing.assert_close(ours, theirs, rtol=4 * eps, atol=4 * eps)
+
+
+# ---------------------------------------------------------------------------
+# One pass over shifted data: shifted_moments, partial_moments, merge_moments.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dims", [(0,), (1,), (0, 2), (1, 2, 3), (0, 2, 3)])
+def test_partial_moments_count_mean_m2_match_torch(dims):
+    x = torch.randn(4, 3, 5, 2, dtype=torch.float64) * 3 + 7
+    n, mean, m2 = F.partial_moments(x, dims)
+    var_ref, mean_ref = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+    assert n == x.numel() // mean_ref.numel()
+    torch.testing.assert_close(mean, mean_ref, **F64)
+    torch.testing.assert_close(m2, var_ref * n, **F64)
+
+
+def test_shifted_moments_returns_the_shifted_data():
+    """d = x - K with K near each group's mean; mean = K + mean(d) and x - mean = d - mean(d)."""
+    x = torch.randn(6, 3, 4, dtype=torch.float64) + 100
+    n, K, d, mean_d, m2 = F.shifted_moments(x, (0, 2))
+    torch.testing.assert_close(d, x - K, **F64)
+    torch.testing.assert_close(d - mean_d, x - x.mean((0, 2), keepdim=True), **F64)
+    assert (K - 100).abs().max() < 2  # the mean of the first sample: near the mean
+    assert not K.requires_grad
+
+
+@pytest.mark.parametrize("split", [1, 3, 7])
+def test_merge_moments_is_the_moments_of_the_union(split):
+    """Chan, Golub and LeVeque's pairwise update: merging the (n, mean, M2) of two parts
+    gives those of the whole, for parts of unequal size (as on processes with unequal batches)."""
+    x = torch.randn(8, 3, 5, dtype=torch.float64) * 2 + 50
+    a, b = F.partial_moments(x[:split], (0, 2)), F.partial_moments(x[split:], (0, 2))
+    n, mean, m2 = F.merge_moments(a, b)
+    n_all, mean_all, m2_all = F.partial_moments(x, (0, 2))
+    assert n == n_all
+    torch.testing.assert_close(mean, mean_all, **F64)
+    torch.testing.assert_close(m2, m2_all, **F64)
+
+
+def test_moments_first_value_far_from_the_mean():
+    """The shift K is the mean of a coarse grid of each group's values, not its first value: one padding
+    zero in front of values near 1000 does not cost the variance its digits in float32."""
+    x = torch.randn(64, 1) * 0.5 + 1000
+    x[0, 0] = 0.0
+    x = x.expand(64, 3).contiguous().T.reshape(3, 8, 8)  # 3 groups; in each the first value is 0
+    mean, var = F.moments(x, (1, 2))
+    var64, mean64 = torch.var_mean(x.double(), dim=(1, 2), correction=0, keepdim=True)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=0)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
+
+
+def test_moments_gradient_matches_torch_var_mean():
+    """moments is differentiable (SwitchableNorm and double backward rely on it): the shift is
+    a constant, the gradients are those of torch.var_mean's."""
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    g_mean, g_var = (
+        torch.randn(1, 3, 1, dtype=torch.float64),
+        torch.randn(1, 3, 1, dtype=torch.float64),
+    )
+    mean, var = F.moments(x, (0, 2))
+    ours = torch.autograd.grad((mean * g_mean).sum() + (var * g_var).sum(), x)
+    var_ref, mean_ref = torch.var_mean(x, dim=(0, 2), correction=0, keepdim=True)
+    ref = torch.autograd.grad((mean_ref * g_mean).sum() + (var_ref * g_var).sum(), x)
+    torch.testing.assert_close(ours, ref, **F64)
+
+
+# ---------------------------------------------------------------------------
+# Numerical edge cases, each as torch 2.13 (issue 10).
+# ---------------------------------------------------------------------------
+
+
+def _run(fn, x, *args, **kwargs):
+    """fn on a copy of x: output, input gradient and the gradients of any weight/bias given."""
+    x = x.clone().requires_grad_()
+    leaves = [t for t in args if isinstance(t, torch.Tensor) and t.requires_grad]
+    y = fn(x, *args, **kwargs)
+    torch.manual_seed(3)
+    grads = torch.autograd.grad(y, [x, *leaves], torch.randn_like(y))
+    return y, *grads
+
+
+def _same(fn_ours, fn_torch, *args, **kwargs):
+    """Both functions on the same arguments (fresh tensor copies): every output and gradient
+    equal, NaN == NaN. Returns ours."""
+
+    def copies():
+        return [
+            t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+            for t in args
+        ]
+
+    ours, ref = _run(fn_ours, *copies(), **kwargs), _run(fn_torch, *copies(), **kwargs)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-5, atol=1e-6)
+    return ours
+
+
+def test_instance_norm_eps_zero_constant_map_returns_the_bias():
+    """torch's batch_norm kernel defines 1/sigma = 0 when var + eps = 0: a constant instance
+    normalizes to 0, the output is the bias, and the gradients are finite."""
+    x = torch.randn(2, 3, 4, 4)
+    x[0, 1] = 2.5  # one constant (sample, channel) map
+    w, b = torch.rand(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    y, dx, dw, db = _same(F.instance_norm, TF.instance_norm, x, None, None, w, b, eps=0.0)
+    torch.testing.assert_close(y[0, 1], b[1].detach().expand(4, 4))
+    assert all(t.isfinite().all() for t in (y, dx, dw, db))
+
+
+def test_eps_zero_constant_groups_elsewhere_give_nan_like_torch():
+    """Elsewhere torch computes 1/0 = inf: layer_norm and group_norm return NaN for a constant
+    group with eps = 0, and so does eval-mode batch_norm with a zero running variance."""
+    x = torch.randn(2, 4, 3)
+    x[1] = 1.5
+    y, *_ = _same(F.layer_norm, TF.layer_norm, x, [4, 3], eps=0.0)
+    assert y[1].isnan().all() and y[0].isfinite().all()
+    y, *_ = _same(F.group_norm, TF.group_norm, x, 2, eps=0.0)
+    assert y[1].isnan().all()
+    rm, rv = torch.zeros(4), torch.tensor([1.0, 0.0, 2.0, 1.0])
+    y, *_ = _same(F.batch_norm, TF.batch_norm, x, rm, rv, training=False, eps=0.0)
+    assert y[:, 1].isnan().all()
+
+
+INFS = {
+    "inf-inside": [1.0, 2.0, math.inf, 4.0],
+    "inf-first": [math.inf, 2.0, 3.0, 4.0],
+    "-inf-first": [-math.inf, 2.0, 3.0, 4.0],
+    "both-infs": [math.inf, -math.inf, 3.0, 4.0],
+    "nan": [math.nan, 1.0, 2.0, 3.0],
+}
+
+
+@pytest.mark.parametrize("values", list(INFS.values()), ids=list(INFS))
+@pytest.mark.parametrize("layer", ["batch_norm", "instance_norm"])
+def test_infinite_value_keeps_running_mean_infinite_like_torch(values, layer):
+    """One +-inf in a channel: the batch mean is +-inf and the running mean becomes +-inf as
+    in torch (not NaN, as an inf - inf correction step would make it); the variance is NaN."""
+    bad = torch.tensor(values)
+    x = torch.randn(4, 2, 4)
+    x[:, 0] = bad if layer == "batch_norm" else x[:, 0]
+    if layer == "instance_norm":
+        x[1, 0] = bad
+    buffers = []
+    for fn in (getattr(F, layer), getattr(TF, layer)):
+        rm, rv = torch.zeros(2), torch.ones(2)
+        kw = {"training": True} if layer == "batch_norm" else {"use_input_stats": True}
+        y = fn(x.clone(), rm, rv, **kw)
+        buffers.append((y, rm, rv))
+    (ya, rma, rva), (yb, rmb, rvb) = buffers
+    torch.testing.assert_close(ya, yb, equal_nan=True)
+    torch.testing.assert_close(rma, rmb, equal_nan=True)
+    torch.testing.assert_close(rva, rvb, equal_nan=True)
+    assert rma[1].isfinite() and rva[1].isfinite()  # the other channel is untouched by it

@@ -302,20 +302,13 @@ def test_float32_input_and_module_move_together():
 # --- one-hot layers compute only their branch ----------------------------------------------
 
 
-INF_IN_MOMENTS = pytest.mark.xfail(
-    strict=True,
-    reason="functional.moments turns an inf into NaN (inf - inf in its mean correction); "
-    "engineer core's rewrite of moments fixes it (issue 10): then drop this mark",
-)
-
-
 @pytest.mark.parametrize(
     "branch, bad",
     [
         *[(b, float("nan")) for b in ("in", "ln", "bn")],
         ("in", float("inf")),
         ("ln", float("inf")),
-        pytest.param("bn", float("inf"), marks=INF_IN_MOMENTS),
+        ("bn", float("inf")),
     ],
 )
 def test_one_hot_keeps_a_bad_value_where_its_twin_keeps_it(branch, bad):

@@ -282,7 +282,11 @@ def test_normalized_against_torch(data, torch_bn_model, name):
             [nn.functional.batch_norm(hb, None, None, training=True) for hb in hs]
         )
     torch.testing.assert_close(sb.normalized(model, x, name), expected_eval)
-    torch.testing.assert_close(sb.normalized(model, x, name, batch_size=2), expected_train)
+    # Two samples: torch's float32 two-pass statistics are off by up to ~3e-4 here, normtut's
+    # shifted ones by ~1e-7 (against float64), so the two differ by more than float32's default.
+    torch.testing.assert_close(
+        sb.normalized(model, x, name, batch_size=2), expected_train, rtol=1e-4, atol=1e-4
+    )
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     if name == "10":  # a BatchNorm1d on two samples: every feature is +-1 (just under, by eps)
         values = sb.normalized(model, x, name, batch_size=2)

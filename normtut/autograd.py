@@ -1,0 +1,259 @@
+"""The backward pass of every normalization layer, derived by hand (chapter 9).
+
+``Normalize`` is one ``torch.autograd.Function`` for BatchNorm, InstanceNorm, LayerNorm and
+GroupNorm. A layer says over which axes its statistics are taken (``Norm.dims``, as for
+``functional.moments``); the forward computes them and normalizes, and the backward is the
+derived formula instead of autograd's walk through every primitive. With
+x_hat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps), g = weight * dy and means over a group:
+
+    dL/dbias   = sum dy                     dL/dweight = sum dy * x_hat
+    dL/dx      = rstd * (g - mean(g) - x_hat * mean(g * x_hat))      (training)
+    dL/dx      = rstd * g                                             (eval)
+
+Only the input and the per-group statistics are kept for backward, as in torch's kernels.
+``grad_sums`` (the two reductions) and ``grad_input`` are the two halves of the formula: a
+distributed BatchNorm adds up ``grad_sums`` over its processes before calling ``grad_input``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+from . import layout
+
+
+@dataclass(frozen=True)
+class Norm:
+    """What a layer passes to ``Normalize``: its axes and settings (not tensors)."""
+
+    dims: tuple[int, ...]  # the axes one group of statistics spans, e.g. (0, 2, 3) for BN2d
+    eps: float
+    training: bool = True  # statistics of the input (else running_mean and running_var)
+    momentum: float = 0.0  # how much this batch weighs in the running statistics
+    # torch's batch_norm kernel (BN, IN) defines 1/sigma = 0 for batch statistics with
+    # var + eps == 0, so a constant group becomes beta; elsewhere 1/0 = inf (NaN outputs).
+    zero_rstd_if_constant: bool = False
+
+
+def inverse_std(var: Tensor, norm: Norm) -> Tensor:
+    """rstd = 1 / sqrt(var + eps), or 0 for a constant group where ``norm`` says so."""
+    rstd = torch.rsqrt(var + norm.eps)
+    if norm.zero_rstd_if_constant and norm.training and norm.eps == 0:  # var >= 0: eps = 0 only
+        rstd = torch.where(var == 0, 0.0, rstd)
+    return rstd
+
+
+# ---------------------------------------------------------------------------
+# The backward formula, in two halves.
+# ---------------------------------------------------------------------------
+
+
+def grad_sums(dy: Tensor, xc: Tensor, shape: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """The two reductions of a norm's backward: sum dy and sum dy * xc, xc = x - mean.
+
+    Summed to ``shape``: anything from one value per group to one per element. The
+    backward sums over the axes on which both the statistics and the weight are
+    constant; sum dy * x_hat is then rstd * sum dy * xc (rstd is constant on a group).
+    """
+    return dy.sum_to_size(shape), (dy * xc).sum_to_size(shape)
+
+
+def grad_input(
+    dy: Tensor,
+    xc: Tensor,
+    rstd: Tensor,
+    weight: Tensor | None,
+    sum_dy: Tensor,
+    sum_dy_xc: Tensor,
+    n: int,
+) -> Tensor:
+    """dL/dx, training: rstd * (g - mean(g) - x_hat * mean(g * x_hat)), g = weight * dy.
+
+    ``xc`` is x - mean (so x_hat = xc * rstd), ``sum_dy`` and ``sum_dy_xc`` come from
+    ``grad_sums``, and ``n`` values form one group.
+    """
+    mean_g = group_sum(sum_dy, weight, rstd.shape) / n  # mean(g) over each group
+    mean_g_xhat = rstd * group_sum(sum_dy_xc, weight, rstd.shape) / n  # mean(g * x_hat)
+    dx = scaled(dy, rstd, weight)  # rstd * g
+    return dx.sub_(rstd * mean_g).addcmul_(xc, -rstd * rstd * mean_g_xhat)
+
+
+def grad_weight(sum_dy_xc: Tensor, rstd: Tensor, shape: Sequence[int]) -> Tensor:
+    """dL/dweight = sum dy * x_hat = sum rstd * dy * (x - mean), to the weight's ``shape``.
+
+    With a weight per element (LayerNorm) this is a vector-matrix product over the samples.
+    """
+    k = len(shape)
+    if rstd.shape[rstd.dim() - k :] == (1,) * k and sum_dy_xc.shape == rstd.shape[:-k] + shape:
+        return (rstd.reshape(-1) @ sum_dy_xc.reshape(rstd.numel(), math.prod(shape))).reshape(shape)
+    return (rstd * sum_dy_xc).sum_to_size(shape)
+
+
+def group_sum(t: Tensor, weight: Tensor | None, shape: Sequence[int]) -> Tensor:
+    """sum of weight * t over each group, to ``shape`` (``t`` from ``grad_sums``).
+
+    With a weight per element (LayerNorm) it is a matrix-vector product over each group.
+    """
+    if weight is None:
+        return t.sum_to_size(shape)
+    k = weight.dim()
+    groups = t.shape[: t.dim() - k]
+    if t.shape[t.dim() - k :] == weight.shape and tuple(shape) == groups + (1,) * k:
+        rows = t.reshape(*groups, weight.numel())  # LN: one row per group
+        return (rows @ weight.reshape(-1)).reshape(shape)
+    return (weight * t).sum_to_size(shape)
+
+
+def scaled(t: Tensor, rstd: Tensor, weight: Tensor | None) -> Tensor:
+    """A new tensor t * rstd * weight (no weight: 1), with one full-size product only.
+
+    A per-channel weight (viewed with as many axes as t) is multiplied into rstd first.
+    """
+    if weight is None:
+        return t * rstd
+    if weight.dim() == t.dim():  # BN, IN, GN: rstd * weight is small
+        return t * (rstd * weight)
+    return (t * rstd).mul_(weight)  # LN: one weight per element
+
+
+# ---------------------------------------------------------------------------
+# The Function every layer calls.
+# ---------------------------------------------------------------------------
+
+
+class Normalize(torch.autograd.Function):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, with the derived backward.
+
+    ``Normalize.apply(x, weight, bias, running_mean, running_var, norm)`` returns
+    ``(y, mean, rstd)`` like torch's ``native_batch_norm``; ``weight`` and ``bias`` come
+    viewed to broadcast against ``x`` and in its compute dtype (float32 at least); the running
+    buffers are per channel (channel axis 1), updated in training and used in eval.
+    """
+
+    generate_vmap_rule = True  # torch.func.vmap, jacrev, jacfwd run these methods per sample
+
+    @staticmethod
+    def forward(input, weight, bias, running_mean, running_var, norm: Norm):
+        x = input.to(torch.promote_types(input.dtype, torch.float32))
+        if norm.training:  # statistics of x, from d = x - K, K near each group's mean
+            n, K, d, mean_d, m2 = F.shifted_moments(x, norm.dims)
+            mean, var = K + mean_d, m2 / n
+            if running_mean is not None:
+                _update_running(running_mean, running_var, mean, var, n, norm)
+        else:  # the running statistics, per channel (and K = 0)
+            mean, var = _per_channel(running_mean, x), _per_channel(running_var, x)
+            d, mean_d = x, mean
+        rstd = inverse_std(var, norm)  # 1 / sigma, one per group
+        # y = weight * (x - mean) * rstd + bias = weight * (d - mean(d)) * rstd + bias
+        if weight is not None and weight.dim() < x.dim():  # LN: a weight per element
+            # d - mean(d) in d's memory, unless autograd records this call (jit.trace
+            # calls forward directly, see functional._normalize): d * d keeps d.
+            x_hat = (d - mean_d if torch.is_grad_enabled() else d.sub_(mean_d)).mul_(rstd)
+            y = x_hat * weight if bias is None else torch.addcmul(bias, x_hat, weight)
+        else:  # weight per channel: y = d * s + (bias - mean(d) * s), s = weight * rstd
+            s = rstd if weight is None else rstd * weight
+            shift = -mean_d * s if bias is None else bias - mean_d * s  # per group
+            y = torch.addcmul(shift, d, s)  # a new tensor, as torch's output (version 0)
+        return y.to(input.dtype), mean, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, _, _, norm = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(input, weight, mean, rstd)  # x itself: x - mean is recomputed
+        ctx.save_for_forward(input, weight, mean, rstd)
+        ctx.norm, ctx.bias_shape = norm, None if bias is None else bias.shape
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _drstd):
+        input, weight, mean, rstd = ctx.saved_tensors
+        norm = ctx.norm
+        x = input.to(mean.dtype)
+        dy = layout.like(dy.to(mean.dtype), x)  # dx comes back in the input's memory layout
+        if norm.training and torch.is_grad_enabled():  # create_graph: mean, rstd of x
+            mean, var = F.moments(x, norm.dims)
+            rstd = inverse_std(var, norm)
+        xc = x - mean  # x_hat = xc * rstd
+        sum_dy, sum_dy_xc = grad_sums(dy, xc, _shared_shape(mean, weight))
+        dx = dweight = dbias = None
+        if ctx.needs_input_grad[0] and norm.training:
+            n = _count(x, norm)
+            dx = grad_input(dy, xc, rstd, weight, sum_dy, sum_dy_xc, n).to(input.dtype)
+        elif ctx.needs_input_grad[0]:  # eval: a fixed scale, weight * rstd per channel
+            dx = scaled(dy, rstd, weight).to(input.dtype)
+        if weight is not None:
+            dweight = grad_weight(sum_dy_xc, rstd, weight.shape)  # sum dy * x_hat
+        if ctx.bias_shape is not None:
+            dbias = sum_dy.sum_to_size(ctx.bias_shape)  # sum dy
+        return dx, dweight, dbias, None, None, None
+
+    @staticmethod
+    def jvp(ctx, dinput, dweight, dbias, _drm, _drv, _norm):
+        """Forward mode: the Jacobian of x -> x_hat is symmetric, so grad_input serves again."""
+        input, weight, mean, rstd = ctx.saved_tensors
+        norm = ctx.norm
+        x = input.to(mean.dtype)
+        xc = x - mean
+        dy = torch.zeros_like(xc)
+        if dinput is not None:  # weight * d(x_hat), d(x_hat) = J dx with J = J^T
+            dx = dinput.to(mean.dtype)
+            if norm.training:
+                sums = grad_sums(dx, xc, mean.shape)
+                dx_hat = grad_input(dx, xc, rstd, None, *sums, _count(x, norm))
+            else:
+                dx_hat = dx * rstd
+            dy = dy + (dx_hat if weight is None else dx_hat * weight)
+        if dweight is not None:
+            dy = dy + dweight * xc * rstd  # d(weight) * x_hat
+        if dbias is not None:
+            dy = dy + dbias
+        return dy.to(input.dtype), None, None
+
+
+class CompiledNormalize(Normalize):
+    """``Normalize`` for ``torch.compile``, which cannot trace a Function with its own jvp
+    (Dynamo's "Unsupported custom jvp"): the same forward and backward, no forward mode."""
+
+    jvp = torch.autograd.Function.jvp
+
+
+def _update_running(running_mean, running_var, mean, var, n, norm) -> None:
+    """The running buffers move towards this batch's statistics, averaged per channel.
+
+    BN has one mean per channel already; IN has one per sample and channel and averages them.
+    """
+    C = running_mean.numel()
+    F.update_running(running_mean, mean.reshape(-1, C).mean(0), norm.momentum)
+    F.update_running(running_var, F.unbiased(var, n).reshape(-1, C).mean(0), norm.momentum)
+
+
+def _shared_shape(mean: Tensor, weight: Tensor | None) -> tuple[int, ...]:
+    """The broadcast shape of the statistics and the weight: one value per (group, weight)."""
+    if weight is None:
+        return tuple(mean.shape)
+    k = mean.dim() - weight.dim()  # weight's shape lines up with the last axes
+    pairs = zip(mean.shape[k:], weight.shape, strict=True)
+    return tuple(mean.shape[:k]) + tuple([w if m == 1 else m for m, w in pairs])
+
+
+def _count(x: Tensor, norm: Norm) -> int:
+    """n: how many values one group holds."""
+    return math.prod([x.shape[d] for d in norm.dims])
+
+
+def _per_channel(running: Tensor, x: Tensor) -> Tensor:
+    """A per-channel buffer as [1, C, 1, ...] in x's dtype, to broadcast over x."""
+    return running.to(x.dtype).reshape((1, x.shape[1]) + (1,) * (x.dim() - 2))
+
+
+# Function.apply binds its arguments with inspect.signature(forward) on every call; a
+# signature computed once makes that cheap (tens of microseconds per call otherwise).
+Normalize.forward.__signature__ = inspect.signature(Normalize.forward)
