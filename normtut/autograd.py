@@ -13,20 +13,27 @@ x_hat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps), g = weight * dy and means
 Only the input and the per-group statistics are kept for backward, as in torch's kernels.
 ``grad_sums`` (the two reductions) and ``grad_input`` are the two halves of the formula: a
 distributed BatchNorm adds up ``grad_sums`` over its processes before calling ``grad_input``.
+
+Every operation reads and writes whole tensors, so the code counts them: each new
+input-sized tensor costs a trip through memory (and, freshly allocated, page faults). The
+forward makes one temporary and the output; the backward one temporary besides dL/dx,
+which is written into the memory of x - mean once that has served.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch._functorch import utils as _functorch_utils
 
 from . import functional as F
 from . import layout
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # the math runs in float32 for these
 
 
 @dataclass(frozen=True)
@@ -55,14 +62,17 @@ def inverse_std(var: Tensor, norm: Norm) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-def grad_sums(dy: Tensor, xc: Tensor, shape: Sequence[int]) -> tuple[Tensor, Tensor]:
+def grad_sums(
+    dy: Tensor, xc: Tensor, shape: Sequence[int], out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The two reductions of a norm's backward: sum dy and sum dy * xc, xc = x - mean.
 
     Summed to ``shape``: anything from one value per group to one per element. The
     backward sums over the axes on which both the statistics and the weight are
     constant; sum dy * x_hat is then rstd * sum dy * xc (rstd is constant on a group).
+    dy * xc is formed in a new tensor, or in ``out`` (``xc`` itself, if not needed again).
     """
-    return dy.sum_to_size(shape), (dy * xc).sum_to_size(shape)
+    return dy.sum_to_size(shape), torch.mul(dy, xc, out=out).sum_to_size(shape)
 
 
 def grad_input(
@@ -73,16 +83,22 @@ def grad_input(
     sum_dy: Tensor,
     sum_dy_xc: Tensor,
     n: int,
+    out: Tensor | None = None,
 ) -> Tensor:
     """dL/dx, training: rstd * (g - mean(g) - x_hat * mean(g * x_hat)), g = weight * dy.
 
     ``xc`` is x - mean (so x_hat = xc * rstd), ``sum_dy`` and ``sum_dy_xc`` come from
-    ``grad_sums``, and ``n`` values form one group.
+    ``grad_sums``, and ``n`` values form one group. dL/dx is a new tensor, or ``out`` (which
+    may be ``xc`` itself, where x - mean is not needed afterwards).
     """
     mean_g = group_sum(sum_dy, weight, rstd.shape) / n  # mean(g) over each group
     mean_g_xhat = rstd * group_sum(sum_dy_xc, weight, rstd.shape) / n  # mean(g * x_hat)
-    dx = scaled(dy, rstd, weight)  # rstd * g
-    return dx.sub_(rstd * mean_g).addcmul_(xc, -rstd * rstd * mean_g_xhat)
+    if weight is not None and weight.dim() < dy.dim():  # LN: rstd * (weight * dy - ...)
+        dx = torch.mul(xc, -rstd * mean_g_xhat, out=out)  # -x_hat * mean(g * x_hat) / rstd
+        return dx.addcmul_(dy, weight).sub_(mean_g).mul_(rstd)
+    # BN, IN, GN: a weight per channel, so rstd * weight is small
+    dx = torch.mul(xc, -rstd * rstd * mean_g_xhat, out=out)  # -x_hat * rstd * mean(g * x_hat)
+    return dx.addcmul_(dy, _times(rstd, weight)).sub_(rstd * mean_g)  # + rstd * (g - mean(g))
 
 
 def grad_weight(sum_dy_xc: Tensor, rstd: Tensor, shape: Sequence[int]) -> Tensor:
@@ -111,16 +127,19 @@ def group_sum(t: Tensor, weight: Tensor | None, shape: Sequence[int]) -> Tensor:
     return (weight * t).sum_to_size(shape)
 
 
-def scaled(t: Tensor, rstd: Tensor, weight: Tensor | None) -> Tensor:
-    """A new tensor t * rstd * weight (no weight: 1), with one full-size product only.
+def scaled(t: Tensor, rstd: Tensor, weight: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """t * rstd * weight (no weight: 1), with one full-size product only, new or in ``out``.
 
     A per-channel weight (viewed with as many axes as t) is multiplied into rstd first.
     """
-    if weight is None:
-        return t * rstd
-    if weight.dim() == t.dim():  # BN, IN, GN: rstd * weight is small
-        return t * (rstd * weight)
-    return (t * rstd).mul_(weight)  # LN: one weight per element
+    if weight is None or weight.dim() == t.dim():  # BN, IN, GN: rstd * weight is small
+        return torch.mul(t, _times(rstd, weight), out=out)
+    return torch.mul(t, rstd, out=out).mul_(weight)  # LN: one weight per element
+
+
+def _times(rstd: Tensor, weight: Tensor | None) -> Tensor:
+    """rstd * weight, or rstd where there is no weight."""
+    return rstd if weight is None else rstd * weight
 
 
 # ---------------------------------------------------------------------------
@@ -141,7 +160,7 @@ class Normalize(torch.autograd.Function):
 
     @staticmethod
     def forward(input, weight, bias, running_mean, running_var, norm: Norm):
-        x = input.to(torch.promote_types(input.dtype, torch.float32))
+        x = input.float() if input.dtype in LOW_PRECISION else input
         if norm.training:  # statistics of x, from d = x - K, K near each group's mean
             n, K, d, mean_d, m2 = F.shifted_moments(x, norm.dims)
             mean, var = K + mean_d, m2 / n
@@ -151,49 +170,67 @@ class Normalize(torch.autograd.Function):
             mean, var = _per_channel(running_mean, x), _per_channel(running_var, x)
             d, mean_d = x, mean
         rstd = inverse_std(var, norm)  # 1 / sigma, one per group
+        scratch = norm.training and _plain(x)  # d is ours to overwrite (in eval it is x)
         # y = weight * (x - mean) * rstd + bias = weight * (d - mean(d)) * rstd + bias
         if weight is not None and weight.dim() < x.dim():  # LN: a weight per element
-            # d - mean(d) in d's memory, unless autograd records this call (jit.trace
-            # calls forward directly, see functional._normalize): d * d keeps d.
-            x_hat = (d - mean_d if torch.is_grad_enabled() else d.sub_(mean_d)).mul_(rstd)
+            x_hat = (d.sub_(mean_d) if scratch else d - mean_d).mul_(rstd)
             y = x_hat * weight if bias is None else torch.addcmul(bias, x_hat, weight)
-        else:  # weight per channel: y = d * s + (bias - mean(d) * s), s = weight * rstd
-            s = rstd if weight is None else rstd * weight
+        else:  # a weight per channel: y = d * s + (bias - mean(d) * s), s = weight * rstd
+            s = _times(rstd, weight)
             shift = -mean_d * s if bias is None else bias - mean_d * s  # per group
-            y = torch.addcmul(shift, d, s)  # a new tensor, as torch's output (version 0)
-        return y.to(input.dtype), mean, rstd
+            # (torch.addcmul(shift, d, s) is one pass, but with two per-channel operands it
+            # runs unvectorized: two vectorized passes are faster)
+            y = (d.mul_(s) if scratch else d * s) + shift  # a new y (version 0), as torch's
+        return (y.to(input.dtype) if y.dtype != input.dtype else y), mean, rstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, weight, bias, _, _, norm = inputs
         _, mean, rstd = output
         ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)  # no zero gradients made for mean and rstd
         ctx.save_for_backward(input, weight, mean, rstd)  # x itself: x - mean is recomputed
         ctx.save_for_forward(input, weight, mean, rstd)
         ctx.norm, ctx.bias_shape = norm, None if bias is None else bias.shape
 
     @staticmethod
     def backward(ctx, dy, _dmean, _drstd):
+        if dy is None:  # y was not used (set_materialize_grads(False)): no gradient
+            return None, None, None, None, None, None
         input, weight, mean, rstd = ctx.saved_tensors
         norm = ctx.norm
         x = input.to(mean.dtype)
         dy = layout.like(dy.to(mean.dtype), x)  # dx comes back in the input's memory layout
-        if norm.training and torch.is_grad_enabled():  # create_graph: mean, rstd of x
+        recording = torch.is_grad_enabled()  # create_graph: autograd records this backward
+        if norm.training and recording:  # mean and rstd as functions of x, for autograd
             mean, var = F.moments(x, norm.dims)
             rstd = inverse_std(var, norm)
-        xc = x - mean  # x_hat = xc * rstd
-        sum_dy, sum_dy_xc = grad_sums(dy, xc, _shared_shape(mean, weight))
         dx = dweight = dbias = None
-        if ctx.needs_input_grad[0] and norm.training:
-            n = _count(x, norm)
-            dx = grad_input(dy, xc, rstd, weight, sum_dy, sum_dy_xc, n).to(input.dtype)
-        elif ctx.needs_input_grad[0]:  # eval: a fixed scale, weight * rstd per channel
-            dx = scaled(dy, rstd, weight).to(input.dtype)
-        if weight is not None:
+        needs_dx, needs_dweight, needs_dbias = ctx.needs_input_grad[:3]
+        if not norm.training and not needs_dweight:  # eval, no dL/dweight: no sum dy * xc
+            dx = scaled(dy, rstd, weight) if needs_dx else None  # a fixed scale per channel
+            dbias = dy.sum_to_size(ctx.bias_shape) if needs_dbias else None
+            return _as(dx, input), None, dbias, None, None, None
+        shape = _shared_shape(mean, weight)
+        plain = _plain(dy)  # may overwrite its temporaries
+        xc = x - mean  # x_hat = xc * rstd
+        # Where the sums are small (all but LN), dy * xc is formed in xc's memory, and
+        # x - mean computed again there for dL/dx: the backward needs one buffer, not two.
+        one_buffer = plain and tuple(shape) != tuple(xc.shape)
+        sum_dy, sum_dy_xc = grad_sums(dy, xc, shape, out=xc if one_buffer else None)
+        if needs_dweight:
             dweight = grad_weight(sum_dy_xc, rstd, weight.shape)  # sum dy * x_hat
-        if ctx.bias_shape is not None:
+        if needs_dbias:
             dbias = sum_dy.sum_to_size(ctx.bias_shape)  # sum dy
-        return dx, dweight, dbias, None, None, None
+        out = xc if plain else None  # dx into the memory of xc, its last use
+        if needs_dx and norm.training:
+            if one_buffer:
+                torch.sub(x, mean, out=xc)  # xc = x - mean again
+            n = _count(x, norm)
+            dx = grad_input(dy, xc, rstd, weight, sum_dy, sum_dy_xc, n, out=out)
+        elif needs_dx:  # eval: a fixed scale, weight * rstd per channel
+            dx = scaled(dy, rstd, weight, out=out)
+        return _as(dx, input), dweight, dbias, None, None, None
 
     @staticmethod
     def jvp(ctx, dinput, dweight, dbias, _drm, _drv, _norm):
@@ -217,6 +254,15 @@ class Normalize(torch.autograd.Function):
             dy = dy + dbias
         return dy.to(input.dtype), None, None
 
+    @classmethod
+    def apply(cls, *args):
+        """``Function.apply``, without its ``inspect`` binding of the arguments on every call
+        (tens of microseconds) where no torch.func transform needs it."""
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        args = _functorch_utils.unwrap_dead_wrappers(args)  # as Function.apply does
+        return super(torch.autograd.Function, cls).apply(*args)  # the C++ apply
+
 
 class CompiledNormalize(Normalize):
     """``Normalize`` for ``torch.compile``, which cannot trace a Function with its own jvp
@@ -231,8 +277,28 @@ def _update_running(running_mean, running_var, mean, var, n, norm) -> None:
     BN has one mean per channel already; IN has one per sample and channel and averages them.
     """
     C = running_mean.numel()
-    F.update_running(running_mean, mean.reshape(-1, C).mean(0), norm.momentum)
-    F.update_running(running_var, F.unbiased(var, n).reshape(-1, C).mean(0), norm.momentum)
+    mean, var = mean.reshape(-1, C), F.unbiased(var, n).reshape(-1, C)
+    if mean.shape[0] != 1:  # IN: the average over the samples (NaN for none, as torch)
+        mean, var = mean.mean(0), var.mean(0)
+    F.update_running(running_mean, mean, norm.momentum)
+    F.update_running(running_var, var, norm.momentum)
+
+
+def _plain(t: Tensor) -> bool:
+    """Whether temporaries computed from ``t`` may be overwritten in place: autograd records
+    nothing (with create_graph, or jit.trace calling forward directly, it keeps them) and
+    no vmap batches other values into them (torch.func, or autograd.grad's batched grads)."""
+    return not (
+        torch.compiler.is_compiling()  # (inductor plans memory itself)
+        or torch.is_grad_enabled()
+        or torch._C._are_functorch_transforms_active()
+        or torch._C._functorch.is_legacy_batchedtensor(t)  # autograd.grad(is_grads_batched)
+    )
+
+
+def _as(dx: Tensor | None, input: Tensor) -> Tensor | None:
+    """dx in the input's dtype (float16/bfloat16 inputs: the math ran in float32)."""
+    return dx if dx is None or dx.dtype == input.dtype else dx.to(input.dtype)
 
 
 def _shared_shape(mean: Tensor, weight: Tensor | None) -> tuple[int, ...]:
@@ -252,8 +318,3 @@ def _count(x: Tensor, norm: Norm) -> int:
 def _per_channel(running: Tensor, x: Tensor) -> Tensor:
     """A per-channel buffer as [1, C, 1, ...] in x's dtype, to broadcast over x."""
     return running.to(x.dtype).reshape((1, x.shape[1]) + (1,) * (x.dim() - 2))
-
-
-# Function.apply binds its arguments with inspect.signature(forward) on every call; a
-# signature computed once makes that cheap (tens of microseconds per call otherwise).
-Normalize.forward.__signature__ = inspect.signature(Normalize.forward)

@@ -33,20 +33,18 @@ from . import autograd, checks, layout
 # ---------------------------------------------------------------------------
 
 
-def shifted_moments(
-    x: Tensor,
-    dims: Sequence[int],
-) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
+def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
     """One pass over the data behind every statistic: n, K, d, mean(d), M2 over dims.
 
-    The textbook E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std.
-    Subtracting first a value K near each group's mean keeps the sums small: with
-    d = x - K, mean = K + mean(d) and M2 = sum (x - mean)^2 = sum d^2 - n mean(d)^2 lose
-    nothing. ``d`` is returned for callers that go on to use x - mean = d - mean(d).
+    The textbook E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std. Subtracting
+    first K, each group's mean as float rounding gives it, keeps the sums small; the sums of
+    d = x - K then correct K's rounding: mean = K + mean(d), M2 = sum d^2 - n mean(d)^2
+    (Chan, Golub and LeVeque's corrected two-pass algorithm). ``d`` is returned for callers
+    that go on to use x - mean = d - mean(d).
     """
-    dims = tuple(sorted([i % x.dim() for i in dims]))
     n = math.prod([x.shape[i] for i in dims])
-    K = _rough_mean(x, dims).detach()  # any K gives the same mean and M2
+    K = x.mean(dims, keepdim=True).detach()  # near the mean; any K gives the same mean and M2
+    K = torch.nan_to_num(K, nan=0.0, posinf=0.0, neginf=0.0)  # x - inf would be NaN
     d = x - K
     sum_d = d.sum(dims, keepdim=True)
     mean_d = sum_d / n
@@ -87,20 +85,6 @@ def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     return mean, m2 / n
 
 
-def _rough_mean(x: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """K: a value near each group's mean, cheaply: the mean of a coarse grid of its values.
-
-    At most 4 evenly spaced indices along each axis of the group (64 values of an image
-    batch's channel, spread over samples, rows and columns, borders included). Infinite
-    or NaN, K counts as 0: x - inf would be NaN.
-    """
-    grid = x
-    for i in dims:
-        step = max(1, -(-x.shape[i] // 4))  # ceil(size / 4)
-        grid = grid[(slice(None),) * i + (slice(None, None, step),)]
-    return torch.nan_to_num(grid.mean(dims, keepdim=True), nan=0.0, posinf=0.0, neginf=0.0)
-
-
 def standardize(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
     """x_hat = (x - mean) / sqrt(var + eps)."""
     return (x - mean) / torch.sqrt(var + eps)
@@ -117,26 +101,28 @@ def affine(
     return x_hat
 
 
-@torch.no_grad()
 def update_running(running: Tensor, batch_stat: Tensor, momentum: float) -> None:
     """In place: running <- (1 - momentum) * running + momentum * batch_stat.
 
-    PyTorch's momentum weights the *new* batch (Keras' weights the old value).
-    The sum is formed in at least float32 and rounded once into a float16/bfloat16 buffer.
+    PyTorch's momentum weights the *new* batch (Keras' weights the old value). Buffers are
+    not differentiated: the batch statistic is taken as a constant. A float16/bfloat16
+    buffer gets the sum formed in float32, rounded once.
     """
-    acc = torch.promote_types(running.dtype, torch.float32)
+    batch_stat = batch_stat.detach().reshape(running.shape)
+    acc = torch.promote_types(running.dtype, torch.float32)  # float32 at least
     if running.numel() > 1 and 0 in running.stride():  # an expanded buffer: one memory cell
         # torch's CPU kernel writes channel after channel, each update reading the last one
         for c, stat in enumerate(batch_stat.reshape(-1)):
             running[c].copy_(running[c].to(acc) * (1.0 - momentum) + stat.to(acc) * momentum)
-        return
-    new = running.to(acc) * (1.0 - momentum) + batch_stat.reshape(running.shape).to(acc) * momentum
-    running.copy_(new)
+    elif running.dtype == batch_stat.dtype == acc:  # float32 or float64: in place
+        running.mul_(1.0 - momentum).add_(batch_stat, alpha=momentum)
+    else:  # e.g. a float16 buffer: the sum in float32, rounded once
+        running.copy_(running.to(acc) * (1.0 - momentum) + batch_stat.to(acc) * momentum)
 
 
 def unbiased(var: Tensor, n: int) -> Tensor:
     """Bessel's correction: turn the biased variance of n values into the unbiased one."""
-    return var * n / (n - 1)
+    return var * (n / (n - 1))
 
 
 # ---------------------------------------------------------------------------
