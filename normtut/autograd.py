@@ -33,8 +33,6 @@ from torch._functorch import utils as _functorch_utils
 from . import functional as F
 from . import layout
 
-LOW_PRECISION = (torch.float16, torch.bfloat16)  # the math runs in float32 for these
-
 
 @dataclass(frozen=True)
 class Norm:
@@ -47,6 +45,9 @@ class Norm:
     # torch's batch_norm kernel (BN, IN) defines 1/sigma = 0 for batch statistics with
     # var + eps == 0, so a constant group becomes beta; elsewhere 1/0 = inf (NaN outputs).
     zero_rstd_if_constant: bool = False
+    # The shape weight and bias are viewed as to broadcast against x, e.g. (1, C, 1, 1) for
+    # BN2d (None: they come viewed). Viewed inside the Function, autograd records no view.
+    affine_shape: tuple[int, ...] | None = None
 
 
 def inverse_std(var: Tensor, norm: Norm) -> Tensor:
@@ -151,8 +152,8 @@ class Normalize(torch.autograd.Function):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, with the derived backward.
 
     ``Normalize.apply(x, weight, bias, running_mean, running_var, norm)`` returns
-    ``(y, mean, rstd)`` like torch's ``native_batch_norm``; ``weight`` and ``bias`` come
-    viewed to broadcast against ``x`` and in its compute dtype (float32 at least); the running
+    ``(y, mean, rstd)`` like torch's ``native_batch_norm``; ``weight`` and ``bias`` come in
+    x's compute dtype (float32 at least) and are viewed as ``norm.affine_shape``; the running
     buffers are per channel (channel axis 1), updated in training and used in eval.
     """
 
@@ -160,10 +161,11 @@ class Normalize(torch.autograd.Function):
 
     @staticmethod
     def forward(input, weight, bias, running_mean, running_var, norm: Norm):
-        x = input.float() if input.dtype in LOW_PRECISION else input
+        x = _in(input, F._opmath(input.dtype))  # float16/bfloat16: the math in float32
+        weight, bias = _viewed(weight, norm), _viewed(bias, norm)
         if norm.training:  # statistics of x, from d = x - K, K near each group's mean
-            n, K, d, mean_d, m2 = F.shifted_moments(x, norm.dims)
-            mean, var = K + mean_d, m2 / n
+            n, K, d, mean_d, var = F.shifted_moments(x, norm.dims)
+            mean = K + mean_d
             if running_mean is not None:
                 _update_running(running_mean, running_var, mean, var, n, norm)
         else:  # the running statistics, per channel (and K = 0)
@@ -177,11 +179,11 @@ class Normalize(torch.autograd.Function):
             y = x_hat * weight if bias is None else torch.addcmul(bias, x_hat, weight)
         else:  # a weight per channel: y = d * s + (bias - mean(d) * s), s = weight * rstd
             s = _times(rstd, weight)
-            shift = -mean_d * s if bias is None else bias - mean_d * s  # per group
+            shift = -mean_d * s if bias is None else torch.addcmul(bias, mean_d, s, value=-1)
             # (torch.addcmul(shift, d, s) is one pass, but with two per-channel operands it
             # runs unvectorized: two vectorized passes are faster)
             y = (d.mul_(s) if scratch else d * s) + shift  # a new y (version 0), as torch's
-        return (y.to(input.dtype) if y.dtype != input.dtype else y), mean, rstd
+        return _in(y, input.dtype), mean, rstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -197,10 +199,11 @@ class Normalize(torch.autograd.Function):
     def backward(ctx, dy, _dmean, _drstd):
         if dy is None:  # y was not used (set_materialize_grads(False)): no gradient
             return None, None, None, None, None, None
-        input, weight, mean, rstd = ctx.saved_tensors
+        input, weight_given, mean, rstd = ctx.saved_tensors
         norm = ctx.norm
-        x = input.to(mean.dtype)
-        dy = layout.like(dy.to(mean.dtype), x)  # dx comes back in the input's memory layout
+        weight = _viewed(weight_given, norm)
+        x = _in(input, mean.dtype)
+        dy = layout.like(_in(dy, mean.dtype), x)  # dx comes back in the input's memory layout
         recording = torch.is_grad_enabled()  # create_graph: autograd records this backward
         if norm.training and recording:  # mean and rstd as functions of x, for autograd
             mean, var = F.moments(x, norm.dims)
@@ -209,7 +212,7 @@ class Normalize(torch.autograd.Function):
         needs_dx, needs_dweight, needs_dbias = ctx.needs_input_grad[:3]
         if not norm.training and not needs_dweight:  # eval, no dL/dweight: no sum dy * xc
             dx = scaled(dy, rstd, weight) if needs_dx else None  # a fixed scale per channel
-            dbias = dy.sum_to_size(ctx.bias_shape) if needs_dbias else None
+            dbias = _bias_grad(dy, ctx) if needs_dbias else None
             return _as(dx, input), None, dbias, None, None, None
         shape = _shared_shape(mean, weight)
         plain = _plain(dy)  # may overwrite its temporaries
@@ -218,10 +221,10 @@ class Normalize(torch.autograd.Function):
         # x - mean computed again there for dL/dx: the backward needs one buffer, not two.
         one_buffer = plain and tuple(shape) != tuple(xc.shape)
         sum_dy, sum_dy_xc = grad_sums(dy, xc, shape, out=xc if one_buffer else None)
-        if needs_dweight:
-            dweight = grad_weight(sum_dy_xc, rstd, weight.shape)  # sum dy * x_hat
+        if needs_dweight:  # sum dy * x_hat
+            dweight = grad_weight(sum_dy_xc, rstd, weight.shape).reshape(weight_given.shape)
         if needs_dbias:
-            dbias = sum_dy.sum_to_size(ctx.bias_shape)  # sum dy
+            dbias = _bias_grad(sum_dy, ctx)  # sum dy
         out = xc if plain else None  # dx into the memory of xc, its last use
         if needs_dx and norm.training:
             if one_buffer:
@@ -237,6 +240,7 @@ class Normalize(torch.autograd.Function):
         """Forward mode: the Jacobian of x -> x_hat is symmetric, so grad_input serves again."""
         input, weight, mean, rstd = ctx.saved_tensors
         norm = ctx.norm
+        weight, dweight, dbias = (_viewed(t, norm) for t in (weight, dweight, dbias))
         x = input.to(mean.dtype)
         xc = x - mean
         dy = torch.zeros_like(xc)
@@ -276,12 +280,22 @@ def _update_running(running_mean, running_var, mean, var, n, norm) -> None:
 
     BN has one mean per channel already; IN has one per sample and channel and averages them.
     """
-    C = running_mean.numel()
-    mean, var = mean.reshape(-1, C), F.unbiased(var, n).reshape(-1, C)
-    if mean.shape[0] != 1:  # IN: the average over the samples (NaN for none, as torch)
-        mean, var = mean.mean(0), var.mean(0)
+    C, var = running_mean.numel(), F.unbiased(var, n)
+    if mean.numel() != C:  # IN: the average over the samples (NaN for none, as torch)
+        mean, var = mean.reshape(-1, C).mean(0), var.reshape(-1, C).mean(0)
     F.update_running(running_mean, mean, norm.momentum)
     F.update_running(running_var, var, norm.momentum)
+
+
+def _viewed(t: Tensor | None, norm: Norm) -> Tensor | None:
+    """A weight or bias (or its gradient) viewed as ``norm.affine_shape``, to broadcast."""
+    return t if t is None or norm.affine_shape is None else t.reshape(norm.affine_shape)
+
+
+def _bias_grad(sum_dy: Tensor, ctx) -> Tensor:
+    """dL/dbias = sum dy over the axes the bias is shared on, in the bias's own shape."""
+    shape = ctx.norm.affine_shape or ctx.bias_shape
+    return sum_dy.sum_to_size(shape).reshape(ctx.bias_shape)
 
 
 def _plain(t: Tensor) -> bool:
@@ -298,7 +312,12 @@ def _plain(t: Tensor) -> bool:
 
 def _as(dx: Tensor | None, input: Tensor) -> Tensor | None:
     """dx in the input's dtype (float16/bfloat16 inputs: the math ran in float32)."""
-    return dx if dx is None or dx.dtype == input.dtype else dx.to(input.dtype)
+    return dx if dx is None else _in(dx, input.dtype)
+
+
+def _in(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)``, skipping the call where it would do nothing (most of the time)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _shared_shape(mean: Tensor, weight: Tensor | None) -> tuple[int, ...]:
@@ -317,4 +336,4 @@ def _count(x: Tensor, norm: Norm) -> int:
 
 def _per_channel(running: Tensor, x: Tensor) -> Tensor:
     """A per-channel buffer as [1, C, 1, ...] in x's dtype, to broadcast over x."""
-    return running.to(x.dtype).reshape((1, x.shape[1]) + (1,) * (x.dim() - 2))
+    return _in(running, x.dtype).reshape((1, x.shape[1]) + (1,) * (x.dim() - 2))

@@ -34,22 +34,21 @@ from . import autograd, checks, layout
 
 
 def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
-    """One pass over the data behind every statistic: n, K, d, mean(d), M2 over dims.
+    """One pass over the data behind every statistic: n, K, d, mean(d), var over dims.
 
     The textbook E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std. Subtracting
-    first K, each group's mean as float rounding gives it, keeps the sums small; the sums of
-    d = x - K then correct K's rounding: mean = K + mean(d), M2 = sum d^2 - n mean(d)^2
-    (Chan, Golub and LeVeque's corrected two-pass algorithm). ``d`` is returned for callers
-    that go on to use x - mean = d - mean(d).
+    first K, each group's mean as float rounding gives it, keeps the numbers small; the
+    moments of d = x - K then correct K's rounding: mean = K + mean(d), var = mean(d^2) -
+    mean(d)^2 (Chan, Golub and LeVeque's corrected two-pass algorithm). ``d`` is returned
+    for callers that go on to use x - mean = d - mean(d).
     """
     n = math.prod([x.shape[i] for i in dims])
-    K = x.mean(dims, keepdim=True).detach()  # near the mean; any K gives the same mean and M2
+    K = x.mean(dims, keepdim=True).detach()  # near the mean; any K gives the same mean and var
     K = torch.nan_to_num(K, nan=0.0, posinf=0.0, neginf=0.0)  # x - inf would be NaN
     d = x - K
-    sum_d = d.sum(dims, keepdim=True)
-    mean_d = sum_d / n
-    m2 = (d * d).sum(dims, keepdim=True) - sum_d * mean_d  # sum d^2 - (sum d)^2 / n
-    return n, K, d, mean_d, m2.clamp_min(0.0)  # rounding must not leave M2 below 0
+    mean_d = d.mean(dims, keepdim=True)
+    var = torch.addcmul((d * d).mean(dims, keepdim=True), mean_d, mean_d, value=-1)
+    return n, K, d, mean_d, var.clamp_min(0.0)  # rounding must not leave var below 0
 
 
 def partial_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor]:
@@ -57,8 +56,8 @@ def partial_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor
 
     What a distributed norm computes on each process and merges (``merge_moments``).
     """
-    n, K, _, mean_d, m2 = shifted_moments(x, dims)
-    return n, K + mean_d, m2
+    n, K, _, mean_d, var = shifted_moments(x, dims)
+    return n, K + mean_d, var * n
 
 
 def merge_moments(
@@ -77,12 +76,12 @@ def merge_moments(
 
 
 def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes): var = M2 / n.
+    """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes).
 
     One pass over shifted data (``shifted_moments``), as accurate as two passes.
     """
-    n, mean, m2 = partial_moments(x, dims)
-    return mean, m2 / n
+    _, K, _, mean_d, var = shifted_moments(x, dims)
+    return K + mean_d, var
 
 
 def standardize(x: Tensor, mean: Tensor, var: Tensor, eps: float) -> Tensor:
@@ -104,20 +103,22 @@ def affine(
 def update_running(running: Tensor, batch_stat: Tensor, momentum: float) -> None:
     """In place: running <- (1 - momentum) * running + momentum * batch_stat.
 
-    PyTorch's momentum weights the *new* batch (Keras' weights the old value). Buffers are
-    not differentiated: the batch statistic is taken as a constant. A float16/bfloat16
-    buffer gets the sum formed in float32, rounded once.
+    That is running + momentum * (batch_stat - running), a step of ``momentum`` from the old
+    value towards the batch's (``lerp``). PyTorch's momentum weights the *new* batch (Keras'
+    weights the old value). The batch statistic is a constant here: buffers are not
+    differentiated. A float16/bfloat16 buffer gets the update in float32, rounded once.
     """
-    batch_stat = batch_stat.detach().reshape(running.shape)
-    acc = torch.promote_types(running.dtype, torch.float32)  # float32 at least
-    if running.numel() > 1 and 0 in running.stride():  # an expanded buffer: one memory cell
-        # torch's CPU kernel writes channel after channel, each update reading the last one
+    batch_stat = batch_stat.detach().reshape_as(running)
+    expanded = running.numel() > 1 and 0 in running.stride()  # one memory cell for all
+    acc = _opmath(running.dtype)  # float32 for float16/bfloat16
+    if running.dtype == batch_stat.dtype == acc and not expanded:
+        running.lerp_(batch_stat, momentum)
+        return
+    if expanded:  # torch's CPU kernel writes channel after channel, each reading the last
         for c, stat in enumerate(batch_stat.reshape(-1)):
-            running[c].copy_(running[c].to(acc) * (1.0 - momentum) + stat.to(acc) * momentum)
-    elif running.dtype == batch_stat.dtype == acc:  # float32 or float64: in place
-        running.mul_(1.0 - momentum).add_(batch_stat, alpha=momentum)
-    else:  # e.g. a float16 buffer: the sum in float32, rounded once
-        running.copy_(running.to(acc) * (1.0 - momentum) + batch_stat.to(acc) * momentum)
+            running[c].copy_(running[c].to(acc).lerp(stat.to(acc), momentum))
+    else:
+        running.copy_(running.to(acc).lerp(batch_stat.to(acc), momentum))
 
 
 def unbiased(var: Tensor, n: int) -> Tensor:
@@ -153,8 +154,8 @@ def batch_norm(
     dtype = checks.compute_dtype("batch_norm", input, running_mean, running_var, weight, bias)
     x = input.contiguous(memory_format=layout.batch_norm_format(input))  # as torch's kernel
     dims = (0, *range(2, x.dim()))  # BN: every axis except the channel axis
-    norm = autograd.Norm(dims, eps, training, momentum, zero_rstd_if_constant=True)
-    return _normalize(x, weight, bias, running_mean, running_var, _channel_shape(x), dtype, norm)
+    norm = autograd.Norm(dims, eps, training, momentum, True, _channel_shape(x))
+    return _normalize(x, weight, bias, running_mean, running_var, dtype, norm)
 
 
 def instance_norm(
@@ -184,8 +185,8 @@ def instance_norm(
         # As in torch, instances without values leave the buffers as they are (while an
         # empty batch, N = 0, averages no instances and leaves NaN buffers).
         running_mean = running_var = None
-    norm = autograd.Norm(dims, eps, use_input_stats, momentum, zero_rstd_if_constant=True)
-    return _normalize(x, weight, bias, running_mean, running_var, _channel_shape(x), dtype, norm)
+    norm = autograd.Norm(dims, eps, use_input_stats, momentum, True, _channel_shape(x))
+    return _normalize(x, weight, bias, running_mean, running_var, dtype, norm)
 
 
 def layer_norm(
@@ -204,8 +205,8 @@ def layer_norm(
     dtype = checks.compute_dtype("layer_norm", input, weight, bias)
     x = input.contiguous()  # LN answers in the contiguous layout, whatever the input's
     dims = tuple(range(x.dim() - len(normalized_shape), x.dim()))  # LN: the trailing axes
-    norm = autograd.Norm(dims, eps)
-    return _normalize(x, weight, bias, None, None, normalized_shape, dtype, norm)
+    norm = autograd.Norm(dims, eps, affine_shape=tuple(normalized_shape))
+    return _normalize(x, weight, bias, None, None, dtype, norm)
 
 
 def group_norm(
@@ -227,7 +228,8 @@ def group_norm(
     grouped = x.reshape(N, G, C // G, *x.shape[2:])  # [N, G, C/G, *spatial], a view
     dims = tuple(range(2, grouped.dim()))  # GN: (C/G, *spatial) in each group
     shape = (1, G, C // G) + (1,) * (x.dim() - 2)  # the per-channel affine, grouped likewise
-    y = _normalize(grouped, weight, bias, None, None, shape, dtype, autograd.Norm(dims, eps))
+    norm = autograd.Norm(dims, eps, affine_shape=shape)
+    y = _normalize(grouped, weight, bias, None, None, dtype, norm)
     return y.reshape(x.shape)
 
 
@@ -237,12 +239,11 @@ def _normalize(
     bias: Tensor | None,
     running_mean: Tensor | None,
     running_var: Tensor | None,
-    shape: Sequence[int],
     dtype: torch.dtype,
     norm: autograd.Norm,
 ) -> Tensor:
-    """``autograd.Normalize`` with weight and bias cast to ``dtype`` and viewed as ``shape``."""
-    weight, bias = [None if t is None else t.to(dtype).reshape(shape) for t in (weight, bias)]
+    """``autograd.Normalize`` with weight and bias cast to ``dtype`` (no-ops mostly)."""
+    weight, bias = [t if t is None or t.dtype == dtype else t.to(dtype) for t in (weight, bias)]
     args = (x, weight, bias, running_mean, running_var, norm)
     if torch.jit.is_tracing():  # a graph of aten ops that runs (and saves) without Python
         return autograd.Normalize.forward(*args)[0]

@@ -462,7 +462,7 @@ def test_shifted_moments_returns_the_shifted_data():
     x - mean = d - mean(d); the input itself is left as it is."""
     x = torch.randn(6, 3, 4) * 0.01 + 1000
     before = x.clone()
-    n, K, d, mean_d, m2 = F.shifted_moments(x, (0, 2))
+    n, K, d, mean_d, var = F.shifted_moments(x, (0, 2))
     assert torch.equal(x, before) and x._version == 0
     torch.testing.assert_close(d, x - K, rtol=0, atol=0)
     x64 = x.double()
