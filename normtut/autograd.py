@@ -94,11 +94,12 @@ def grad_input(
     """
     mean_g = group_sum(sum_dy, weight, rstd.shape) / n  # mean(g) over each group
     mean_g_xhat = rstd * group_sum(sum_dy_xc, weight, rstd.shape) / n  # mean(g * x_hat)
+    c = rstd * mean_g_xhat  # x_hat * mean(g * x_hat) = xc * c
     if weight is not None and weight.dim() < dy.dim():  # LN: rstd * (weight * dy - ...)
-        dx = torch.mul(xc, -rstd * mean_g_xhat, out=out)  # -x_hat * mean(g * x_hat) / rstd
+        dx = torch.mul(xc, c.neg_(), out=out)  # -x_hat * mean(g * x_hat)
         return dx.addcmul_(dy, weight).sub_(mean_g).mul_(rstd)
     # BN, IN, GN: a weight per channel, so rstd * weight is small
-    dx = torch.mul(xc, -rstd * rstd * mean_g_xhat, out=out)  # -x_hat * rstd * mean(g * x_hat)
+    dx = torch.mul(xc, c.mul_(rstd).neg_(), out=out)  # -x_hat * mean(g * x_hat) * rstd
     return dx.addcmul_(dy, _times(rstd, weight)).sub_(rstd * mean_g)  # + rstd * (g - mean(g))
 
 

@@ -106,14 +106,15 @@ def update_running(running: Tensor, batch_stat: Tensor, momentum: float) -> None
     That is running + momentum * (batch_stat - running), a step of ``momentum`` from the old
     value towards the batch's (``lerp``). PyTorch's momentum weights the *new* batch (Keras'
     weights the old value). The batch statistic is a constant here: buffers are not
-    differentiated. A float16/bfloat16 buffer gets the update in float32, rounded once.
+    differentiated. A float16/bfloat16 (or integer) buffer gets the update in float32,
+    rounded once.
     """
     batch_stat = batch_stat.detach().reshape_as(running)
     expanded = running.numel() > 1 and 0 in running.stride()  # one memory cell for all
-    acc = _opmath(running.dtype)  # float32 for float16/bfloat16
-    if running.dtype == batch_stat.dtype == acc and not expanded:
+    if running.dtype == batch_stat.dtype == _opmath(running.dtype) and not expanded:
         running.lerp_(batch_stat, momentum)
         return
+    acc = torch.promote_types(running.dtype, torch.float32)  # float32 at least
     if expanded:  # torch's CPU kernel writes channel after channel, each reading the last
         for c, stat in enumerate(batch_stat.reshape(-1)):
             running[c].copy_(running[c].to(acc).lerp(stat.to(acc), momentum))
