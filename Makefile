@@ -16,6 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 book: $(STAMP)
+	rm -rf _build/html
 	$(BIN)/jupyter-book build . --all
 	@echo
 	@echo "Open the book: file://$(CURDIR)/_build/html/index.html"
@@ -29,6 +30,7 @@ nbval: $(STAMP)
 	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with book/sanitize.cfg $(NB) -q -p no:randomly
 
 bookcheck: $(STAMP)
+	rm -rf _build/html
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
 
 # Every page of the built book in a real browser (tools/browser_check.py): JavaScript errors,
