@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 NB      ?= $(sort $(wildcard book/*.ipynb))
 
-.PHONY: book test chromium unit nbval bookcheck browsercheck notebooks lint bench clean
+.PHONY: book test chromium unit nbval bookcheck browsercheck notebooks translations catalogs lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,15 @@ chromium:
 lint: $(STAMP)
 	$(BIN)/ruff check normtut tests benchmarks tools
 	$(BIN)/ruff format --check normtut tests benchmarks tools
+
+# Bring the Chinese edition's message catalogs (locales/zh_CN) in line with the English text:
+# new messages empty, changed ones fuzzy (see locales/zh_CN/README.md).
+translations: $(STAMP)
+	$(BIN)/python tools/catalogs.py update
+
+# Fail on an untranslated, fuzzy or stale message.
+catalogs: $(STAMP)
+	$(BIN)/python tools/catalogs.py check
 
 # Re-execute notebooks in place to refresh their stored outputs (one thread, like nbval).
 notebooks: $(STAMP)

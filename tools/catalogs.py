@@ -1,10 +1,13 @@
-"""Check that the translations keep up with the English source (part of ``make test``).
+"""The translations' message catalogs: update them, and check they keep up with the source.
 
-    python tools/check_catalogs.py [--pot-dir _build/gettext] [--language zh_CN]
+    python tools/catalogs.py update [--language zh_CN]   # make translations
+    python tools/catalogs.py check [--language zh_CN]    # part of make test
 
-Extracts the book's messages (Sphinx's gettext builder: every markdown paragraph, heading,
+Both extract the book's messages (Sphinx's gettext builder: every markdown paragraph, heading,
 list item and table cell of every page; code and outputs are not messages) and compares
-them with ``locales/<language>/LC_MESSAGES/``. It fails when
+them with ``locales/<language>/LC_MESSAGES/``. ``update`` brings the catalogs in line
+with the source (sphinx-intl: new messages empty, changed ones marked fuzzy, messages the
+source lost removed). ``check`` fails when
 
 - a page has no catalog, or a catalog belongs to no page;
 - the catalogs are stale: a message of the source is missing from its catalog, or a
@@ -23,6 +26,9 @@ from pathlib import Path
 from babel.messages.pofile import read_po
 
 ROOT = Path(__file__).resolve().parent.parent
+# Pages whose text is not translated: the API reference is normtut's docstrings, which change
+# with the code; the Chinese edition shows it in English.
+UNTRANSLATED = {Path("book/api")}
 
 
 def extract(pot_dir: Path) -> None:
@@ -42,7 +48,9 @@ def extract(pot_dir: Path) -> None:
         quiet=True,
     )
     if status != 0:
-        raise SystemExit(f"check_catalogs: extracting the messages failed ({status})")
+        raise SystemExit(f"catalogs: extracting the messages failed ({status})")
+    for page in UNTRANSLATED:
+        (pot_dir / page).with_suffix(".pot").unlink(missing_ok=True)
 
 
 def messages(path: Path) -> dict[str, object]:
@@ -82,19 +90,29 @@ def problems(pot_dir: Path, po_dir: Path) -> list[str]:
     return found
 
 
+def update(pot_dir: Path, language: str) -> None:
+    """New messages in, changed ones fuzzy, gone ones out (sphinx-intl update --no-obsolete)."""
+    from sphinx_intl import basic
+
+    basic.update(str(ROOT / "locales"), str(pot_dir), (language,), ignore_obsolete=True, jobs=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pot-dir", type=Path, help="use these .pot files (default: extract)")
+    parser.add_argument("command", choices=("check", "update"))
     parser.add_argument("--language", default="zh_CN")
     args = parser.parse_args(argv)
     po_dir = ROOT / "locales" / args.language / "LC_MESSAGES"
     with tempfile.TemporaryDirectory() as tmp:
-        pot_dir = args.pot_dir
-        if pot_dir is None:
-            pot_dir = Path(tmp) / "gettext"
-            extract(pot_dir)
+        pot_dir = Path(tmp) / "gettext"
+        extract(pot_dir)
+        if args.command == "update":
+            update(pot_dir, args.language)
         found = problems(pot_dir, po_dir)
     total = sum(len(messages(p)) for p in po_dir.rglob("*.po"))
+    if args.command == "update":
+        print(f"{args.language} catalogs updated: {total} messages, {len(found)} to translate")
+        return 0
     if found:
         print(f"{len(found)} problem(s) with the {args.language} catalogs:")
         for line in found:
