@@ -18,10 +18,12 @@ $(STAMP): requirements.txt pyproject.toml
 book: $(STAMP)
 	rm -rf _build/html
 	$(BIN)/jupyter-book build . --all
+	$(BIN)/python tools/build_edition.py zh_CN
 	@echo
 	@echo "Open the book: file://$(CURDIR)/_build/html/index.html"
+	@echo "中文版 (Chinese edition): file://$(CURDIR)/_build/html/zh/index.html"
 
-test: chromium unit nbval bookcheck browsercheck lint
+test: chromium unit nbval catalogs bookcheck browsercheck lint
 
 unit: $(STAMP) chromium
 	$(BIN)/python -m pytest tests -q
@@ -32,11 +34,13 @@ nbval: $(STAMP)
 bookcheck: $(STAMP)
 	rm -rf _build/html
 	$(BIN)/jupyter-book build . --all -W -n --keep-going
+	$(BIN)/python tools/build_edition.py zh_CN --strict
 
 # Every page of the built book in a real browser (tools/browser_check.py): JavaScript errors,
 # unrendered math, broken images and links, listings wider than the column, search.
 browsercheck: $(STAMP) chromium bookcheck
 	$(BIN)/python tools/browser_check.py _build/html
+	$(BIN)/python tools/browser_check.py _build/html/zh --search 归一化 BatchNorm2d
 
 # The browser test drives the system's Chromium; say how to get it rather than skip the test.
 chromium:
