@@ -21,6 +21,15 @@ from jupyter_book.sphinx import build_sphinx
 
 ROOT = Path(__file__).resolve().parent.parent
 EDITIONS = {"zh_CN": "zh"}  # language -> folder under _build/html
+# Settings whose English text lives in _config.yml or in an extension's setup, not on a page:
+# the message catalogs cannot reach them.
+OVERRIDES = {
+    "zh_CN": {
+        "html_title": "normtut：彻底搞懂 PyTorch 的归一化层",
+        "togglebutton_hint": "点击展开",  # the hidden solutions' button
+        "togglebutton_hint_hide": "点击收起",
+    },
+}
 
 REDIRECT = '<meta http-equiv="Refresh" content="0; url=book/intro.html" />\n'
 
@@ -28,7 +37,7 @@ REDIRECT = '<meta http-equiv="Refresh" content="0; url=book/intro.html" />\n'
 def build(language: str, strict: bool = False) -> int:
     """Build the ``language`` edition; return Sphinx's exit status (0: success)."""
     out = ROOT / "_build" / "html" / EDITIONS[language]
-    overrides = {"language": language, "latex_individualpages": False}
+    overrides = {"language": language, "latex_individualpages": False, **OVERRIDES[language]}
     if strict:
         overrides["nitpicky"] = True
     status = build_sphinx(
@@ -56,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     status = build(args.language, args.strict)
     if status == 0:
-        print(f"Open the {args.language} edition: file://{ROOT}/_build/html/"
-              f"{EDITIONS[args.language]}/index.html")
+        print(
+            f"Open the {args.language} edition: file://{ROOT}/_build/html/"
+            f"{EDITIONS[args.language]}/index.html"
+        )
     return 0 if status == 0 else 1
 
 

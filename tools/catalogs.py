@@ -19,13 +19,17 @@ source lost removed). ``check`` fails when
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
-from babel.messages.pofile import read_po
+from babel.messages.catalog import Catalog
+from babel.messages.pofile import read_po, write_po
 
 ROOT = Path(__file__).resolve().parent.parent
+# Templates without a creation time: re-extracting an unchanged book changes no catalog.
+os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
 # Pages whose text is not translated: the API reference is normtut's docstrings, which change
 # with the code; the Chinese edition shows it in English.
 UNTRANSLATED = {Path("book/api")}
@@ -91,10 +95,31 @@ def problems(pot_dir: Path, po_dir: Path) -> list[str]:
 
 
 def update(pot_dir: Path, language: str) -> None:
-    """New messages in, changed ones fuzzy, gone ones out (sphinx-intl update --no-obsolete)."""
-    from sphinx_intl import basic
+    """Bring ``language``'s catalogs in line with the templates in ``pot_dir``.
 
-    basic.update(str(ROOT / "locales"), str(pot_dir), (language,), ignore_obsolete=True, jobs=1)
+    New messages arrive empty; a changed message keeps the translation of the closest old
+    one, marked fuzzy, with the old English kept as ``#| msgid`` so the translator sees
+    what changed; messages the source lost are dropped; so are catalogs of lost pages.
+    """
+    po_dir = ROOT / "locales" / language / "LC_MESSAGES"
+    pots = {p.relative_to(pot_dir).with_suffix(""): p for p in pot_dir.rglob("*.pot")}
+    for po in po_dir.rglob("*.po"):
+        if po.relative_to(po_dir).with_suffix("") not in pots:
+            po.unlink()
+    for page, pot in sorted(pots.items()):
+        with open(pot, "rb") as f:
+            template = read_po(f)
+        po = (po_dir / page).with_suffix(".po")
+        if po.exists():
+            with open(po, "rb") as f:
+                catalog = read_po(f, locale=language)
+            catalog.update(template)
+        else:
+            catalog = Catalog(locale=language, project="normtut", fuzzy=False)
+            catalog.update(template)
+        po.parent.mkdir(parents=True, exist_ok=True)
+        with open(po, "wb") as f:
+            write_po(f, catalog, width=76, ignore_obsolete=True, include_previous=True)
 
 
 def main(argv: list[str] | None = None) -> int:
