@@ -49,13 +49,15 @@ def process_group(timeout: float | None = None) -> Iterator[None]:
 
 
 def launch(
-    worker: Callable[..., Any], world_size: int, *args: Any, timeout: float = TIMEOUT
+    worker: Callable[..., Any], world_size: int, *args: Any, timeout: float | None = TIMEOUT
 ) -> list[Any]:
     """``[worker(*args) on rank r for r in range(world_size)]``, each in its own process.
 
     ``worker`` must be importable (a module-level function: spawned processes import it)
     and its result picklable; inside it, ``dist.get_rank()`` says which rank it is. An
     exception in any rank ends all of them and is raised here (with the rank's traceback).
+    ``timeout`` (seconds) bounds the whole launch and each collective; None: no bound on
+    the launch, torch's default (30 minutes) on a collective.
     """
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
@@ -65,10 +67,12 @@ def launch(
     with tempfile.TemporaryDirectory(prefix="normtut-launch-") as folder:
         setup = (world_size, store.port, folder, timeout, worker, args)
         context = mp.start_processes(_run, setup, world_size, join=False, start_method="spawn")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
         try:
-            while not context.join(timeout=max(0.0, deadline - time.monotonic()), grace_period=5):
-                if time.monotonic() >= deadline:
+            wait = 0.0
+            while not context.join(timeout=wait, grace_period=5):  # True: all ended well
+                wait = min(60.0, deadline - time.monotonic())
+                if wait <= 0:
                     raise TimeoutError(
                         f"{world_size} processes of {worker.__name__} still running after "
                         f"{timeout:g} s (a rank waiting in a collective that another never "
@@ -79,7 +83,7 @@ def launch(
         return [_load(os.path.join(folder, f"rank{r}.pkl")) for r in range(world_size)]
 
 
-def _run(rank: int, world_size: int, port: int, folder: str, timeout: float, worker, args):
+def _run(rank: int, world_size: int, port: int, folder: str, timeout, worker, args) -> None:
     """In a spawned process: torchrun's environment, the gloo group, ``worker``, its result."""
     os.environ.update(
         RANK=str(rank),
