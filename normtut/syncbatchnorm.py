@@ -33,7 +33,7 @@ class SyncBatchNorm(_BatchNorm):
     """Batch normalization over the batches of all processes of ``process_group`` together.
 
     Same constructor, parameters, buffers and state_dict as ``torch.nn.SyncBatchNorm``; input
-    of shape (N, C, *). ``process_group=None`` synchronizes across the whole world. Unlike
+    of shape ``(N, C, *)``. ``process_group=None`` synchronizes across the whole world. Unlike
     torch's, CPU tensors under a process group (gloo) are synchronized instead of refused.
     """
 

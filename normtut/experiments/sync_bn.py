@@ -133,33 +133,34 @@ def merge_figure(parts: Sequence[Tensor]) -> Figure:
 
     The bottom row is what averaging the ranks' means and variances would give.
     """
-    fig, ax = plt.subplots(figsize=(8, 2.9))
+    fig, ax = plt.subplots(figsize=(8, 3.4))
     rows = [(f"rank {r}", p, RANK_COLORS[r]) for r, p in enumerate(parts)]
     rows.append(("all ranks", torch.cat(list(parts)), "k"))
+    left = min(p.min().item() for p in parts)
     for i, (label, values, color) in enumerate(rows):
         y = len(rows) - i
         mean, var = F.moments(values.double(), (0,))
         ax.scatter(values, [y] * len(values), color=color, s=30, zorder=3, alpha=0.8)
-        _bracket(ax, y, mean.item(), var.sqrt().item(), color, f"{label}: n = {len(values)}")
+        _bracket(ax, y, left, mean.item(), var.sqrt().item(), color, f"{label}, n = {len(values)}")
     means = [F.moments(p.double(), (0,)) for p in parts]
     avg_mean = statistics.mean(m.item() for m, _ in means)
     avg_std = statistics.mean(v.item() for _, v in means) ** 0.5
-    _bracket(ax, 0, avg_mean, avg_std, "C3", "averaged statistics", dashed=True)
+    label = "the ranks' means and variances averaged"
+    _bracket(ax, 0, left, avg_mean, avg_std, "C3", label, dashed=True)
     ax.set_yticks([])
-    ax.set_ylim(-0.7, len(rows) + 0.7)
-    ax.set_xlabel("value of the feature (mean ± standard deviation as a bar)")
+    ax.set_ylim(-0.6, len(rows) + 0.6)
+    ax.set_xlabel("value of the feature; bars: mean ± one standard deviation")
     ax.spines[["left", "top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
 
 
-def _bracket(ax, y, mean, std, color, label, dashed=False) -> None:
-    style = "--" if dashed else "-"
-    ax.plot([mean - std, mean + std], [y - 0.25] * 2, style, color=color, lw=2)
-    ax.plot([mean], [y - 0.25], "|", color=color, ms=12, mew=2)
-    text = f"{label}   mean {mean:.2f}, std {std:.2f}"
-    ax.annotate(text, (mean + std, y - 0.25), xytext=(6, -4), textcoords="offset points",
-                color=color, fontsize=9)  # fmt: skip
+def _bracket(ax, y, left, mean, std, color, label, dashed=False) -> None:
+    """A bar from mean - std to mean + std under row ``y``, titled at the left."""
+    ax.plot([mean - std, mean + std], [y - 0.2] * 2, "--" if dashed else "-", color=color, lw=2)
+    ax.plot([mean], [y - 0.2], "|", color=color, ms=12, mew=2)
+    text = f"{label}:  mean {mean:.2f}, std {std:.2f}"
+    ax.text(left, y + 0.22, text, color=color, fontsize=9, va="bottom")
 
 
 def settings_figure(errors: Mapping[str, Sequence[float]]) -> Figure:

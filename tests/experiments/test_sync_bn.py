@@ -65,7 +65,7 @@ def test_figures():
     (ax,) = fig.axes
     assert len(ax.collections) == 3  # rank 0, rank 1, all: a dot per value
     assert [len(c.get_offsets()) for c in ax.collections] == [3, 5, 8]
-    assert any("averaged statistics" in t.get_text() for t in ax.texts)
+    assert any("averaged" in t.get_text() for t in ax.texts)
     fig = sync_bn.settings_figure({"a": [1.0, 2.0], "b": [50.0, 60.0, 70.0]})
     (ax,) = fig.axes
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
