@@ -27,6 +27,7 @@ class Case:
     momentum: float | None = 0.1
     affine: bool = True
     bias: bool = True
+    track_running_stats: bool = True  # False: eval normalizes each rank's own slice
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
     steps: int = 5
@@ -39,13 +40,13 @@ def data(case: Case) -> tuple[list[tuple[Tensor, Tensor]], Tensor]:
     scale = (1 + torch.rand(C, generator=gen)).reshape((1, C) + (1,) * (len(case.shape) - 2))
 
     def x() -> Tensor:
-        t = torch.randn(case.shape, generator=gen, dtype=case.dtype) * scale + 3
+        t = (torch.randn(case.shape, generator=gen) * scale + 3).to(case.dtype)
         if case.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
         return t
 
     pairs = [
-        (x(), torch.randn(case.shape, generator=gen, dtype=case.dtype)) for _ in range(case.steps)
+        (x(), torch.randn(case.shape, generator=gen).to(case.dtype)) for _ in range(case.steps)
     ]
     return pairs, x()
 
@@ -60,14 +61,15 @@ def affine_values(case: Case) -> tuple[Tensor, Tensor]:
     """weight and bias the layers start from (not 1 and 0, so that mistakes show)."""
     gen = torch.Generator().manual_seed(1)
     C = case.shape[1]
-    weight = torch.rand(C, generator=gen, dtype=case.dtype) + 0.5
-    return weight, torch.randn(C, generator=gen, dtype=case.dtype)
+    weight = torch.rand(C, generator=gen) + 0.5
+    return weight, torch.randn(C, generator=gen)
 
 
-def layer_steps(layer: nn.Module, case: Case, rank: int = 0, split=None) -> dict:
+def layer_steps(layer: nn.Module, case: Case, rank: int = 0, split=None, eval_split=None) -> dict:
     """Train ``layer`` on its slices for ``case.steps`` steps, then evaluate; record everything.
 
-    With ``split=None`` the layer sees the whole batch (the single-process reference).
+    With ``split=None`` the layer sees the whole batch (the single-process reference);
+    ``eval_split`` (default ``split``) says which slice it sees in eval.
     """
     if case.affine:
         weight, bias = affine_values(case)
@@ -102,6 +104,8 @@ def layer_steps(layer: nn.Module, case: Case, rank: int = 0, split=None) -> dict
                 p.grad = None
         record["steps"].append(step)
     layer.eval()
+    if eval_split is not None:
+        take = lambda t: part(t, eval_split, rank)  # noqa: E731
     with torch.no_grad():
         record["eval"] = layer(take(x_eval))
     return record
@@ -118,10 +122,20 @@ def run_cases(cases: list[Case]) -> dict:
     for case in cases:
         layer = normtut.SyncBatchNorm(
             case.shape[1], momentum=case.momentum, affine=case.affine, bias=case.bias,
-            dtype=case.dtype,
+            track_running_stats=case.track_running_stats, dtype=case.dtype,
         )  # fmt: skip
         out[case.name] = layer_steps(layer, case, rank, case.split)
     return out
+
+
+def run_subgroup(case: Case, members: list[int]) -> dict:
+    """SyncBatchNorm with ``process_group`` = the ranks ``members``; the others alone.
+
+    Every rank calls ``new_group``, members or not (torch's rule).
+    """
+    group = dist.new_group(members)
+    layer = normtut.SyncBatchNorm(case.shape[1], process_group=group, dtype=case.dtype)
+    return layer_steps(layer, case, dist.get_rank(), case.split)
 
 
 # ---------------------------------------------------------------------------
@@ -200,10 +214,11 @@ def run_running_value(iterations: int = 100) -> tuple[Tensor, Tensor]:
     return model.module.running_mean.clone(), model.module.running_var.clone()
 
 
-def run_all(cases: list[Case], ddp_split: tuple[int, ...]) -> dict:
+def run_all(cases: list[Case], ddp_split: tuple[int, ...], subgroup=None) -> dict:
     """Everything one launch of the test file checks, so that processes start only once."""
     return {
         "cases": run_cases(cases),
+        "subgroup": None if subgroup is None else run_subgroup(*subgroup),
         "ddp": run_ddp(ddp_split),
         "running_value": run_running_value(),
         "rank": dist.get_rank(),

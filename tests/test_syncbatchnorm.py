@@ -38,6 +38,8 @@ CASES = {
         Case("float64 5-D", (4, 2, 3, 3, 2), (3, 1), dtype=torch.float64),
         Case("no affine", (6, 3), (3, 3), affine=False),
         Case("no bias", (6, 3, 2), (4, 2), bias=False),
+        Case("no running stats", (6, 3, 2, 2), (2, 4), track_running_stats=False),
+        Case("bfloat16", (6, 3, 4), (4, 2), dtype=torch.bfloat16),
         Case("nobody has a sample", (0, 3, 2), (0, 0)),
         Case("one value in all", (1, 3), (1, 0)),
     ],
@@ -50,26 +52,36 @@ CASES = {
     ],
 }
 DDP_SPLIT = {2: (3, 5), 3: (3, 1, 4)}
+SUBGROUP = Case("ranks 0 and 2 together", (7, 3, 2), (3, 2, 2))  # 3 ranks, group [0, 2]
 REFERENCE = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 
 
 @pytest.fixture(scope="module")
 def ranks() -> dict[int, list[dict]]:
     """What each rank of a 2-process and a 3-process launch returned."""
-    return {w: launch(W.run_all, w, CASES[w], DDP_SPLIT[w], timeout=240) for w in (2, 3)}
+    subgroup = {2: None, 3: (SUBGROUP, [0, 2])}
+    return {
+        w: launch(W.run_all, w, CASES[w], DDP_SPLIT[w], subgroup[w], timeout=240) for w in (2, 3)
+    }
 
 
-def reference(case: Case) -> dict:
-    """torch's BatchNorm on the whole batch, the same steps."""
+def reference(case: Case, rank: int | None = None) -> dict:
+    """torch's BatchNorm on the whole batch, the same steps.
+
+    With ``rank``, eval sees that rank's slice only (where eval does not synchronize).
+    """
     layer = REFERENCE[len(case.shape)](
         case.shape[1], momentum=case.momentum, affine=case.affine, bias=case.bias,
-        dtype=case.dtype,
+        track_running_stats=case.track_running_stats, dtype=case.dtype,
     )  # fmt: skip
-    return W.layer_steps(layer, case)
+    return W.layer_steps(layer, case, rank or 0, eval_split=None if rank is None else case.split)
+
+
+BF16 = {"rtol": 2e-2, "atol": 2e-2}  # bfloat16 against torch's: 8 bits of mantissa
 
 
 def close(a, b, case: Case, scale: float = 1.0) -> None:
-    tol = F64 if case.dtype == torch.float64 else F32
+    tol = {torch.float64: F64, torch.bfloat16: BF16}.get(case.dtype, F32)
     torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
@@ -102,7 +114,32 @@ def test_split_batch_matches_batchnorm_on_the_whole_batch(ranks, world, case):
             x = W.part(pairs[step][0], case.split, rank)
             layout = REFERENCE[x.dim()](x.shape[1], dtype=x.dtype).eval()(x).stride()
             assert g["y_stride"] == g["dx_stride"] == layout
-    close(torch.cat([o["eval"] for o in ours]), ref["eval"], case)
+    if case.track_running_stats:
+        close(torch.cat([o["eval"] for o in ours]), ref["eval"], case)
+    else:  # eval never synchronizes: each rank normalizes its own slice, as torch's does
+        for rank, o in enumerate(ours):
+            close(o["eval"], reference(case, rank)["eval"], case)
+
+
+def test_a_process_group_of_some_ranks(ranks):
+    """3 ranks, process_group = ranks 0 and 2: they share statistics, rank 1 is alone."""
+    got = [r["subgroup"] for r in ranks[3]]
+    pairs, _ = W.data(SUBGROUP)
+    weight, bias = W.affine_values(SUBGROUP)
+    for members in ([0, 2], [1]):
+        ref = nn.BatchNorm1d(3)
+        with torch.no_grad():
+            ref.weight.copy_(weight)
+            ref.bias.copy_(bias)
+        for step, (x, dy) in enumerate(pairs):
+            xs = [W.part(x, SUBGROUP.split, r).detach().requires_grad_() for r in members]
+            y = ref(torch.cat(xs))
+            y.backward(torch.cat([W.part(dy, SUBGROUP.split, r) for r in members]))
+            ours = [got[r]["steps"][step] for r in members]
+            close(torch.cat([o["y"] for o in ours]), y.detach(), SUBGROUP)
+            close(torch.cat([o["dx"] for o in ours]), torch.cat([t.grad for t in xs]), SUBGROUP)
+            for o in ours:
+                close(o["running_var"], ref.running_var, SUBGROUP)
 
 
 @pytest.mark.parametrize("world", [2, 3])
