@@ -55,7 +55,7 @@ from sphinx.util.i18n import docname_to_domain
 from sphinx.util.nodes import nested_parse_with_titles
 from sphinx_exercise import post_transforms as exercise_post_transforms
 from sphinx_exercise.directive import ExerciseDirective
-from sphinx_exercise.nodes import exercise_subtitle
+from sphinx_exercise.nodes import exercise_enumerable_node, exercise_node, exercise_subtitle
 from sphinxcontrib.bibtex.plugin import register_plugin
 from sphinxcontrib.bibtex.style.referencing import BracketStyle
 from sphinxcontrib.bibtex.style.referencing.author_year import AuthorYearReferenceStyle
@@ -213,6 +213,24 @@ def _resolve_exercise_titles_except_for_gettext(self, **kwargs) -> None:
 exercise_post_transforms.ResolveTitlesInExercises.run = _resolve_exercise_titles_except_for_gettext
 
 
+class RefreshExerciseRegistry(SphinxTransform):
+    """Give sphinx-exercise's registry the translated exercises.
+
+    Its directive files a copy of each exercise when it is parsed, before Sphinx translates
+    the page; a solution's title ("Solution to Exercise N (Title)") is built from that copy.
+    """
+
+    default_priority = 25  # after Sphinx's Locale (20)
+
+    def apply(self, **kwargs) -> None:
+        registry = getattr(self.env, "sphinx_exercise_registry", {})
+        for node in self.document.findall(
+            lambda n: isinstance(n, exercise_node | exercise_enumerable_node)
+        ):
+            if node.get("label") in registry:
+                registry[node["label"]]["node"] = node.deepcopy()
+
+
 class TranslateTocCaptions(SphinxTransform):
     """Translate the captions of the toctrees sphinx-external-toc inserts (after i18n)."""
 
@@ -238,6 +256,7 @@ def setup(app: Sphinx) -> dict[str, object]:
     app.setup_extension("sphinx_exercise")  # first, so that its directive can be replaced
     app.add_directive("exercise", TranslatableExercise, override=True)
     app.add_transform(TranslateTocCaptions)
+    app.add_transform(RefreshExerciseRegistry)
     app.connect("html-page-context", drop_duplicate_scripts)
     app.connect("doctree-resolved", drop_thebe_config, priority=900)  # after sphinx-thebe
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -113,6 +113,8 @@ def update(pot_dir: Path, language: str) -> None:
         if po.exists():
             with open(po, "rb") as f:
                 catalog = read_po(f, locale=language)
+            for message in catalog:  # the previous English of the last update: obsolete now
+                message.user_comments = [c for c in message.user_comments if c[:1] != "|"]
             catalog.update(template)
         else:
             catalog = Catalog(locale=language, project="normtut", fuzzy=False)
