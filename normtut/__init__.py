@@ -29,6 +29,7 @@ from .lazy import (
 from .localresponsenorm import LocalResponseNorm
 from .rmsnorm import RMSNorm
 from .switchnorm import SwitchableNorm1d, SwitchableNorm2d
+from .syncbatchnorm import SyncBatchNorm
 
 __all__ = [
     "functional",
@@ -36,6 +37,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "SyncBatchNorm",
     "LazyBatchNorm1d",
     "LazyBatchNorm2d",
     "LazyBatchNorm3d",

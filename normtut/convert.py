@@ -26,6 +26,7 @@ from .lazy import (
 )
 from .localresponsenorm import LocalResponseNorm
 from .rmsnorm import RMSNorm
+from .syncbatchnorm import SyncBatchNorm
 
 # (torch's class, normtut's class): every normtut layer that has a torch twin.
 TWINS: tuple[tuple[type[nn.Module], type[nn.Module]], ...] = (
@@ -39,6 +40,7 @@ TWINS: tuple[tuple[type[nn.Module], type[nn.Module]], ...] = (
     (nn.GroupNorm, GroupNorm),
     (nn.RMSNorm, RMSNorm),
     (nn.LocalResponseNorm, LocalResponseNorm),
+    (nn.SyncBatchNorm, SyncBatchNorm),
     (nn.LazyBatchNorm1d, LazyBatchNorm1d),
     (nn.LazyBatchNorm2d, LazyBatchNorm2d),
     (nn.LazyBatchNorm3d, LazyBatchNorm3d),
@@ -54,7 +56,7 @@ def convert_norm_layers(module: nn.Module, to: str = "normtut") -> nn.Module:
     ``to="normtut"``: torch's layers become normtut's; ``to="torch"``: the reverse. Works
     **in place** and returns ``module``; if ``module`` is itself a norm layer, its twin is
     returned. Only the exact classes in ``TWINS`` are converted (a subclass may override
-    ``forward``, so it is left alone, as are layers without a twin such as SyncBatchNorm,
+    ``forward``, so it is left alone, as are layers without a twin such as
     SwitchableNorm2d or FrozenBatchNorm2d). The twin holds the same Parameter and buffer
     objects, the same settings (``eps``, ``momentum``, ...) and training flag; hooks
     registered on the old layer are not carried over. A layer used in two places is

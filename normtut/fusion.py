@@ -119,6 +119,19 @@ def fuse_linear_bn_weights(
     )
 
 
+def _require_eval_statistics(layer: nn.Module, bn: nn.Module) -> None:
+    """Both layers in eval mode and ``bn`` with running statistics: AssertionError, as torch."""
+    if layer.training or bn.training:
+        raise AssertionError("Fusion only for eval!")
+    if bn.running_mean is None or bn.running_var is None:
+        raise AssertionError("bn.running_mean and bn.running_var must not be None")
+
+
+def _bn_state(bn: nn.Module) -> tuple:
+    """What folding needs of a BatchNorm: (running_mean, running_var, eps, weight, bias)."""
+    return bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+
+
 def fuse_conv_bn_eval(
     conv: nn.Module,
     bn: nn.Module,
@@ -132,10 +145,7 @@ def fuse_conv_bn_eval(
     training mode or ``bn`` has no running statistics; RuntimeError if the channels do
     not match or ``transpose`` contradicts the layer (torch would fold the wrong axis).
     """
-    if conv.training or bn.training:
-        raise AssertionError("Fusion only for eval!")
-    if bn.running_mean is None or bn.running_var is None:
-        raise AssertionError("bn.running_mean and bn.running_var must not be None")
+    _require_eval_statistics(conv, bn)
     if transpose != getattr(conv, "transposed", transpose):
         kind = "a ConvTranspose" if conv.transposed else "a Conv (not transposed)"
         raise RuntimeError(
@@ -151,15 +161,7 @@ def fuse_conv_bn_eval(
         )
     fused = copy.deepcopy(conv)
     fused.weight, fused.bias = fuse_conv_bn_weights(
-        fused.weight,
-        fused.bias,
-        bn.running_mean,
-        bn.running_var,
-        bn.eps,
-        bn.weight,
-        bn.bias,
-        transpose,
-        groups=groups,
+        fused.weight, fused.bias, *_bn_state(bn), transpose, groups=groups
     )
     return fused
 
@@ -172,10 +174,7 @@ def fuse_linear_bn_eval(linear: nn.Linear, bn: nn.Module) -> nn.Linear:
     Raises AssertionError, as torch does, for a layer in training mode, mismatched
     features or a BN without running statistics.
     """
-    if linear.training or bn.training:
-        raise AssertionError("Fusion only for eval!")
-    if bn.running_mean is None or bn.running_var is None:
-        raise AssertionError("bn.running_mean and bn.running_var must not be None")
+    _require_eval_statistics(linear, bn)
     C = bn.running_mean.numel()  # bn.num_features (FrozenBatchNorm2d has none)
     if linear.out_features != C and C != 1:
         raise AssertionError(
@@ -183,15 +182,7 @@ def fuse_linear_bn_eval(linear: nn.Linear, bn: nn.Module) -> nn.Linear:
             f"got linear.out_features={linear.out_features} and bn.num_features={C}"
         )
     fused = copy.deepcopy(linear)
-    fused.weight, fused.bias = fuse_linear_bn_weights(
-        fused.weight,
-        fused.bias,
-        bn.running_mean,
-        bn.running_var,
-        bn.eps,
-        bn.weight,
-        bn.bias,
-    )
+    fused.weight, fused.bias = fuse_linear_bn_weights(fused.weight, fused.bias, *_bn_state(bn))
     return fused
 
 

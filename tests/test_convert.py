@@ -38,6 +38,7 @@ class Zoo(nn.Module):
                 "in3": nn.InstanceNorm3d(4, affine=True),
                 "lbn3": nn.LazyBatchNorm3d(),
                 "lin3": nn.LazyInstanceNorm3d(),
+                "sync": nn.SyncBatchNorm(4),  # no process group: BatchNorm
             }
         )
 
@@ -45,7 +46,7 @@ class Zoo(nn.Module):
         seq = x.flatten(2)
         seq = self.lazy1[1](self.lazy1[0](self.in1(self.bn1(seq))))
         y = self.body(seq.reshape(x.shape))
-        y = self.norms["rms"](self.norms["ln"](y))
+        y = self.norms["rms"](self.norms["ln"](self.norms["sync"](y)))
         vol = y.unsqueeze(2).expand(-1, -1, 2, -1, -1)
         for k in ("bn3", "in3", "lbn3", "lin3"):
             vol = self.norms[k](vol)
@@ -75,7 +76,7 @@ def test_round_trip_every_layer(dtype):
 
     assert convert_norm_layers(model) is model  # in place
     converted = [t for t in _kinds(model) if t.__module__.startswith("normtut")]
-    assert len(converted) == 16  # the lazy layers became eager on the first call
+    assert len(converted) == 17  # the lazy layers became eager on the first call
     assert not any(t in dict(TWINS) for t in _kinds(model))  # no torch norm layer left
     after = _tensors(model)
     assert list(after) == list(tensors_before)
@@ -143,9 +144,9 @@ def test_top_level_layer_shared_layers_subclasses_and_bad_target():
     class MyBN(nn.BatchNorm2d):  # a subclass may have its own forward: left alone
         pass
 
-    other = nn.Sequential(MyBN(3), nn.SyncBatchNorm(3), normtut.SwitchableNorm2d(3))
+    other = nn.Sequential(MyBN(3), normtut.SwitchableNorm2d(3), normtut.FrozenBatchNorm2d(3))
     convert_norm_layers(other)
-    assert [type(m) for m in other] == [MyBN, nn.SyncBatchNorm, normtut.SwitchableNorm2d]
+    assert [type(m) for m in other] == [MyBN, normtut.SwitchableNorm2d, normtut.FrozenBatchNorm2d]
     with pytest.raises(ValueError, match="normtut"):
         convert_norm_layers(model, to="numpy")
 

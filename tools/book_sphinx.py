@@ -16,6 +16,17 @@ A citation style: author-year in round brackets, "Ioffe and Szegedy (2015)" and
 "(Wu and He, 2018)" (``bibtex_reference_style: author_year_round``; sphinxcontrib-bibtex's
 own ``author_year`` uses square ones).
 
+Two things a translated edition needs that the stack does not do:
+
+- exercise titles as messages: sphinx-exercise builds the title of ``{exercise} Title``
+  without a source, so Sphinx's gettext skips it; the ``exercise`` directive here is
+  sphinx-exercise's with the title's source recorded, and for the gettext builder its
+  post-transform that folds the title into "Exercise N (Title)" is skipped, so that the
+  title is extracted like any heading (the HTML builders are unchanged);
+- part captions of the table of contents translated: sphinx-external-toc inserts the
+  toctrees (priority 100) after Sphinx has translated the page (priority 20), so
+  ``TranslateTocCaptions`` translates their captions with the page's own catalog.
+
 Two repairs of the stack: Sphinx 7.4 writes every inline ``<script>`` that an extension
 adds after the builder starts twice (sphinx-thebe's ``const THEBE_JS_URL = ...`` then
 throws "Identifier 'THEBE_JS_URL' has already been declared" on every page), so each page
@@ -34,10 +45,17 @@ from dataclasses import dataclass, field
 
 from docutils import nodes
 from docutils.statemachine import StringList
+from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.errors import ExtensionError
+from sphinx.locale import init as init_locale
+from sphinx.transforms import SphinxTransform
 from sphinx.util.docutils import SphinxDirective
+from sphinx.util.i18n import docname_to_domain
 from sphinx.util.nodes import nested_parse_with_titles
+from sphinx_exercise import post_transforms as exercise_post_transforms
+from sphinx_exercise.directive import ExerciseDirective
+from sphinx_exercise.nodes import exercise_enumerable_node, exercise_node, exercise_subtitle
 from sphinxcontrib.bibtex.plugin import register_plugin
 from sphinxcontrib.bibtex.style.referencing import BracketStyle
 from sphinxcontrib.bibtex.style.referencing.author_year import AuthorYearReferenceStyle
@@ -170,10 +188,75 @@ def drop_thebe_config(app: Sphinx, doctree: nodes.document, docname: str) -> Non
             raw.parent.remove(raw)
 
 
+class TranslatableExercise(ExerciseDirective):
+    """sphinx-exercise's ``exercise`` directive, whose title (the argument) is a message."""
+
+    def run(self) -> list[nodes.Node]:
+        result = super().run()
+        if self.arguments:
+            source, line = self.state_machine.get_source_and_line(self.lineno)
+            for subtitle in result[0].findall(exercise_subtitle) if result else ():
+                subtitle.rawsource = self.arguments[0]
+                subtitle.source, subtitle.line = source, line
+                subtitle.parent["translatable"] = False  # "Exercise" + title: not a message
+        return result
+
+
+_resolve_exercise_titles = exercise_post_transforms.ResolveTitlesInExercises.run
+
+
+def _resolve_exercise_titles_except_for_gettext(self, **kwargs) -> None:
+    if self.app.builder.name != "gettext":  # gettext extracts the title as it was written
+        _resolve_exercise_titles(self, **kwargs)
+
+
+exercise_post_transforms.ResolveTitlesInExercises.run = _resolve_exercise_titles_except_for_gettext
+
+
+class RefreshExerciseRegistry(SphinxTransform):
+    """Give sphinx-exercise's registry the translated exercises.
+
+    Its directive files a copy of each exercise when it is parsed, before Sphinx translates
+    the page; a solution's title ("Solution to Exercise N (Title)") is built from that copy.
+    """
+
+    default_priority = 25  # after Sphinx's Locale (20)
+
+    def apply(self, **kwargs) -> None:
+        registry = getattr(self.env, "sphinx_exercise_registry", {})
+        for node in self.document.findall(
+            lambda n: isinstance(n, exercise_node | exercise_enumerable_node)
+        ):
+            if node.get("label") in registry:
+                registry[node["label"]]["node"] = node.deepcopy()
+
+
+class TranslateTocCaptions(SphinxTransform):
+    """Translate the captions of the toctrees sphinx-external-toc inserts (after i18n)."""
+
+    default_priority = 101  # just after sphinx_external_toc's InsertToctrees (100)
+
+    def apply(self, **kwargs) -> None:
+        if not self.config.language or self.config.language == "en":
+            return
+        domain = docname_to_domain(self.env.docname, self.config.gettext_compact)
+        dirs = [os.path.join(self.env.srcdir, d) for d in self.config.locale_dirs]
+        catalog, found = init_locale(dirs, self.config.language, domain)
+        if not found:
+            return
+        for toctree in self.document.findall(addnodes.toctree):
+            if toctree.get("caption"):
+                toctree["caption"] = catalog.gettext(toctree["caption"])
+
+
 def setup(app: Sphinx) -> dict[str, object]:
     register_plugin("sphinxcontrib.bibtex.style.referencing", "author_year_round", AuthorYearRound)
     app.add_directive("automodules", AutoModules)
     app.add_directive("program-help", ProgramHelp)
+    app.setup_extension("sphinx_exercise")  # first, so that its directive can be replaced
+    app.add_directive("exercise", TranslatableExercise, override=True)
+    app.add_transform(TranslateTocCaptions)
+    app.add_transform(RefreshExerciseRegistry)
     app.connect("html-page-context", drop_duplicate_scripts)
     app.connect("doctree-resolved", drop_thebe_config, priority=900)  # after sphinx-thebe
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -167,11 +167,16 @@ class Page:
 
 
 def html_pages(build: Path) -> list[Path]:
-    """Every HTML page of the book, not the theme's assets."""
+    """Every HTML page of the book, not the theme's assets nor another edition's pages.
+
+    A translated edition lives in a folder of the English one (``_build/html/zh``) with a
+    ``search.html`` of its own; it is checked by a run of its own.
+    """
+    editions = {d.name for d in build.iterdir() if (d / "search.html").exists()}
     return sorted(
         p
         for p in build.rglob("*.html")
-        if not SKIP_DIRS.intersection(p.relative_to(build).parts[:-1])
+        if not (SKIP_DIRS | editions).intersection(p.relative_to(build).parts[:-1])
     )
 
 

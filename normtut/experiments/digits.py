@@ -119,11 +119,17 @@ def train(
     schedule: str = "constant",
     drop_last: bool = True,
     after_step: AfterStep | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[float]:
     """Train ``model`` in place on the training images; return the loss of every step.
 
     Each epoch shuffles with a generator seeded by ``seed``; ``drop_last`` drops a smaller
     last batch. ``schedule``: see ``make_schedule``. An inf or NaN loss ends training.
+    With ``world_size`` processes (``model`` in DistributedDataParallel) every process draws
+    the same batches of ``batch_size`` and trains on the ``rank``-th of ``world_size`` slices
+    of each (``tensor_split``); a non-finite loss then does not end training (no rank may
+    leave the others waiting).
     """
     n = len(data.y_train)
     per_epoch = steps_per_epoch(n, batch_size, drop_last)
@@ -137,12 +143,13 @@ def train(
         model.train()
         for _ in range(epochs):
             for batch in torch.randperm(n, generator=generator).split(batch_size)[:per_epoch]:
+                batch = batch.tensor_split(world_size)[rank]  # this process's share
                 losses.append(train_step(model, opt, data.x_train[batch], data.y_train[batch]))
                 if scheduler is not None:
                     scheduler.step()
                 if after_step is not None:
                     after_step(len(losses), losses[-1])
-                if not math.isfinite(losses[-1]):  # diverged: nothing left to learn
+                if not math.isfinite(losses[-1]) and world_size == 1:  # diverged: nothing to learn
                     return losses
     return losses
 

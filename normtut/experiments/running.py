@@ -9,16 +9,14 @@ DistributedDataParallel job on the CPU and returns each process's ``running_mean
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from ..batchnorm import BatchNorm1d, BatchNorm2d
+from .distributed import launch
 
 
 @torch.no_grad()
@@ -69,20 +67,15 @@ def running_mean_spread(
     return (bn.running_mean.std() * math.sqrt(n * h * w)).item()
 
 
-def _ddp_worker(rank: int, world_size: int, folder: str, steps: int, sync: bool) -> None:
-    """One process: BatchNorm1d(1) inside DDP, fed batches whose mean is 10 * rank + step + 1.5."""
-    torch.set_num_threads(1)
-    store = f"file://{os.path.join(folder, 'store')}"
-    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world_size)
-    try:
-        model = nn.Sequential(BatchNorm1d(1))
-        ddp = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=sync)
-        for step in range(steps):
-            x = torch.arange(4.0).reshape(4, 1) + 10 * rank + step  # mean 10 rank + step + 1.5
-            ddp(x).sum().backward()
-        torch.save(model[0].running_mean.clone(), os.path.join(folder, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(steps: int, sync: bool) -> float:
+    """One rank: BatchNorm1d(1) inside DDP, fed batches whose mean is 10 * rank + step + 1.5."""
+    rank = dist.get_rank()
+    model = nn.Sequential(BatchNorm1d(1))
+    ddp = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=sync)
+    for step in range(steps):
+        x = torch.arange(4.0).reshape(4, 1) + 10 * rank + step  # mean 10 rank + step + 1.5
+        ddp(x).sum().backward()
+    return model[0].running_mean.item()
 
 
 def ddp_running_means(world_size: int = 2, steps: int = 2, sync: bool = True) -> list[float]:
@@ -90,8 +83,7 @@ def ddp_running_means(world_size: int = 2, steps: int = 2, sync: bool = True) ->
 
     Process r sees batches with mean 10 r + step + 1.5. ``sync`` is DDP's
     ``forward_sync_buffers`` (formerly ``broadcast_buffers``; default True): before each
-    forward the buffers of rank 0 are copied to every process.
+    forward the buffers of rank 0 are copied to every process. The processes are started by
+    ``distributed.launch``.
     """
-    with tempfile.TemporaryDirectory() as folder:
-        mp.spawn(_ddp_worker, args=(world_size, folder, steps, sync), nprocs=world_size)
-        return [torch.load(os.path.join(folder, f"rank{r}.pt")).item() for r in range(world_size)]
+    return launch(_ddp_worker, world_size, steps, sync)

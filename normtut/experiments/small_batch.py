@@ -9,14 +9,21 @@ in eval mode, i.e. with BatchNorm's running statistics.
 
 Every (norm, batch size, seed) cell is deterministic (see ``digits``), so cells can run in
 parallel worker processes (``jobs``) and still give the results of a serial run, bit for bit.
+
+With ``ranks`` > 1 each cell is trained as in the paper, by several processes under
+DistributedDataParallel, each on B images of a global batch of ranks * B; BatchNorm then
+normalizes each process's B images, or, with ``sync``, all of them together (SyncBatchNorm).
+The processes are started here (``distributed.launch``) or by ``torchrun``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import itertools
+import os
 import statistics
 import sys
 from collections.abc import Collection, Sequence
@@ -24,12 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import functional as F
 from ..batchnorm import _BatchNorm
-from . import digits, parallel
+from ..syncbatchnorm import SyncBatchNorm
+from . import digits, distributed, parallel
 from .digits import Digits
 from .models import NORMS, LeNet
 
@@ -54,14 +63,24 @@ PAPER_ERROR = {
 class Result:
     """One trained model's test error (%, eval mode).
 
-    ``model`` is kept for inspection, not written out.
+    ``batch_size`` is per process when ``ranks`` > 1; ``sync``: BatchNorm synchronized
+    across them. ``model`` is kept for inspection, not written out.
     """
 
     norm: str
     batch_size: int
     seed: int
     test_error: float
+    ranks: int = 1
+    sync: bool = False
     model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        """The norm, with the number of processes and whether BatchNorm was synchronized."""
+        if self.ranks == 1:
+            return self.norm
+        return f"{self.norm}, {self.ranks} ranks" + (", sync" if self.sync else "")
 
 
 def set_momentum(model: nn.Module, momentum: float | None) -> None:
@@ -179,6 +198,7 @@ def train_model(
     base_lr: float = BASE_LR,
     momentum: float | None = 0.1,
     after_step: digits.AfterStep | None = None,
+    sync: bool = False,
     **lenet_options,
 ) -> LeNet:
     """Train ``digits.lenet(norm, seed, **lenet_options)``; return it in eval mode.
@@ -186,15 +206,24 @@ def train_model(
     SGD with rho = 0.9 from lr = base_lr * B / 32, annealed to 0 along a cosine over all
     steps (the last epochs settle the weights, so the final error is not one noisy step's).
     ``momentum`` is the norm layers' running-statistics momentum (not the optimizer's).
+    In one of R processes of a process group, the model trains in DistributedDataParallel
+    on B = R * ``batch_size`` images a step, ``batch_size`` in each process; ``sync``
+    turns its BatchNorm layers into SyncBatchNorm.
     """
-    if batch_size < 2 or batch_size > len(data.y_train):
-        raise ValueError(f"batch_size must be between 2 and {len(data.y_train)}, got {batch_size}")
+    ranks = dist.get_world_size() if dist.is_initialized() else 1
+    B = batch_size * ranks  # the global batch
+    if batch_size < 2 or B > len(data.y_train):
+        raise ValueError(f"batch_size must be between 2 and {len(data.y_train)}, got {B}")
     model = digits.lenet(norm, seed, **lenet_options)
     set_momentum(model, momentum)
-    lr = base_lr * batch_size / 32  # linear scaling rule, as in the GN paper
+    if sync:
+        model = SyncBatchNorm.convert_sync_batchnorm(model)
+    lr = base_lr * B / 32  # linear scaling rule, as in the GN paper
+    trained = model if ranks == 1 else nn.parallel.DistributedDataParallel(model)
+    rank = dist.get_rank() if ranks > 1 else 0
     digits.train(
-        model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        schedule="cosine", after_step=after_step,
+        trained, data, epochs=epochs, batch_size=B, lr=lr, seed=seed, schedule="cosine",
+        after_step=after_step, rank=rank, world_size=ranks,
     )  # fmt: skip
     return model.eval()
 
@@ -208,24 +237,35 @@ def run_cell(
     base_lr: float = BASE_LR,
     momentum: float | None = 0.1,
     precise_bn: bool = False,
+    sync: bool = False,
     progress: parallel.Progress | None = None,
 ) -> Result:
     """Train and test one (norm, batch size, seed) cell of the experiment.
 
     ``precise_bn``: re-estimate the BatchNorm statistics on the whole training set before
-    testing. ``progress(steps)`` is called after each epoch with its number of steps.
+    testing. ``progress(steps)`` is called after each epoch with its number of steps. In a
+    process group every process calls it (see ``train_model``; ``sync``: SyncBatchNorm).
     """
-    per_epoch = len(data.y_train) // max(batch_size, 1)
+    ranks = dist.get_world_size() if dist.is_initialized() else 1
+    per_epoch = len(data.y_train) // max(batch_size * ranks, 1)
 
     def after_step(step: int, loss: float) -> None:
         if progress is not None and step % per_epoch == 0:
             progress(per_epoch)
 
     with digits.one_thread():  # the test pass too: its sums must not depend on the machine
-        model = train_model(norm, batch_size, seed, data, epochs, base_lr, momentum, after_step)
+        model = train_model(
+            norm, batch_size, seed, data, epochs, base_lr, momentum, after_step, sync
+        )
         if precise_bn:
             model = recalibrate(model, data.x_train)
-        return Result(norm, batch_size, seed, evaluate(model, data.x_test, data.y_test), model)
+        error = evaluate(model, data.x_test, data.y_test)
+        return Result(norm, batch_size, seed, error, ranks, sync, model)
+
+
+def run_on_ranks(cells: Sequence[tuple]) -> list[Result]:
+    """In each process of a group: ``run_cell(*cell)`` for every cell, one after another."""
+    return [run_cell(*cell) for cell in cells]
 
 
 def run(
@@ -239,11 +279,16 @@ def run(
     progress: bool = False,
     data: Digits | None = None,
     jobs: int = 1,
+    ranks: int = 1,
+    sync: bool = False,
 ) -> list[Result]:
     """Train one model per (norm, batch size, seed); return their test errors (and the models).
 
     ``jobs`` worker processes share the cells (1: all in this process); the results are the
     same for every ``jobs``. ``progress`` shows one tqdm bar of training steps on stderr.
+    ``ranks`` > 1: every cell is trained by ``ranks`` processes together, each on
+    ``batch_size`` images a step (``sync``: SyncBatchNorm), started here or, inside a
+    process group of that size (torchrun), by the caller; the results are rank 0's.
     """
     for norm in norms:
         if norm not in NORMS:
@@ -254,8 +299,16 @@ def run(
                 f"batch sizes must be at least 2 (BatchNorm needs two samples), got {b}"
             )
     data = digits.load_digits() if data is None else data
-    settings = (data, epochs, base_lr, momentum, precise_bn)
+    settings = (data, epochs, base_lr, momentum, precise_bn, sync)
     cells = [(*cell, *settings) for cell in itertools.product(norms, batch_sizes, seeds)]
+    if dist.is_initialized():  # one of ``ranks`` processes (torchrun): train together
+        if dist.get_world_size() != ranks:
+            raise ValueError(f"{ranks} ranks asked for in a group of {dist.get_world_size()}")
+        return run_on_ranks(cells)
+    if ranks > 1:  # start the processes here
+        return distributed.launch(run_on_ranks, ranks, cells, timeout=24 * 3600)[0]
+    if sync:
+        raise ValueError("sync=True needs ranks > 1")
     total = len(norms) * len(seeds) * epochs * sum(len(data.y_train) // b for b in batch_sizes)
     with tqdm(
         total=total, unit="step", file=sys.stderr, disable=not progress, dynamic_ncols=True
@@ -264,10 +317,13 @@ def run(
 
 
 def summarize(results: Sequence[Result]) -> dict[tuple[str, int], tuple[float, float]]:
-    """(norm, batch size) -> (mean, sample standard deviation) of the test error over seeds."""
+    """(label, batch size) -> (mean, sample standard deviation) of the test error over seeds.
+
+    The label is the norm itself for single-process runs (``Result.label``).
+    """
     groups: dict[tuple[str, int], list[float]] = {}
     for r in results:
-        groups.setdefault((r.norm, r.batch_size), []).append(r.test_error)
+        groups.setdefault((r.label, r.batch_size), []).append(r.test_error)
     return {
         key: (statistics.mean(errors), statistics.stdev(errors) if len(errors) > 1 else 0.0)
         for key, errors in groups.items()
@@ -280,7 +336,7 @@ def results_table(results: Sequence[Result]) -> str:
     One row per norm, one column per batch size.
     """
     summary = summarize(results)
-    norms = list(dict.fromkeys(r.norm for r in results))
+    norms = list(dict.fromkeys(r.label for r in results))
     sizes = sorted({r.batch_size for r in results})
     seeds = sorted({r.seed for r in results})
     with_sd = len(seeds) > 1
@@ -288,7 +344,8 @@ def results_table(results: Sequence[Result]) -> str:
     lines = [
         f"test error (%), mean{' ± sd' if with_sd else ''} over seeds {', '.join(map(str, seeds))}"
     ]
-    lines.append("norm " + "".join(f"{'B=' + str(b):>{width}}" for b in sizes))
+    first = max(5, *(len(n) + 1 for n in norms))  # the norm column
+    lines.append(f"{'norm':<{first}}" + "".join(f"{'B=' + str(b):>{width}}" for b in sizes))
     for norm in norms:
         cells = []
         for b in sizes:
@@ -298,24 +355,36 @@ def results_table(results: Sequence[Result]) -> str:
             mean, sd = summary[norm, b]
             cell = f"{mean:.1f} ± {sd:.1f}" if with_sd else f"{mean:.1f}"
             cells.append(f"{cell:>{width}}")
-        lines.append(f"{norm:<5}" + "".join(cells))
+        lines.append(f"{norm:<{first}}" + "".join(cells))
     return "\n".join(lines)
 
 
 def write_csv(results: Sequence[Result], path: str | Path) -> None:
-    """Write ``norm,batch_size,seed,test_error`` rows (test error in percent, eval mode)."""
+    """Write ``norm,batch_size,seed,test_error`` rows (test error in percent, eval mode).
+
+    Runs on several processes add the columns ``ranks,sync``.
+    """
+    many = any(r.ranks > 1 for r in results)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["norm", "batch_size", "seed", "test_error"])
+        writer.writerow(["norm", "batch_size", "seed", "test_error"] + ["ranks", "sync"] * many)
         for r in results:
-            writer.writerow([r.norm, r.batch_size, r.seed, f"{r.test_error:.4f}"])
+            row = [r.norm, r.batch_size, r.seed, f"{r.test_error:.4f}"]
+            writer.writerow(row + [r.ranks, int(r.sync)] * many)
 
 
 def read_csv(path: str | Path) -> list[Result]:
     """The results ``write_csv`` wrote (without models)."""
     with open(path, newline="") as f:
         return [
-            Result(row["norm"], int(row["batch_size"]), int(row["seed"]), float(row["test_error"]))
+            Result(
+                row["norm"],
+                int(row["batch_size"]),
+                int(row["seed"]),
+                float(row["test_error"]),
+                int(row.get("ranks", 1)),
+                bool(int(row.get("sync", 0))),
+            )  # fmt: skip
             for row in csv.DictReader(f)
         ]
 
@@ -413,12 +482,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"worker processes (default: the number of cores, {parallel.cores()} here)",
     )
+    ranks = parser.add_mutually_exclusive_group()
+    ranks.add_argument(
+        "--ranks",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train each model with N processes (gloo, DistributedDataParallel), B images "
+        "each: BatchNorm normalizes each process's B images (default: 1)",
+    )
+    ranks.add_argument(
+        "--sync-ranks",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the same with BatchNorm synchronized across the N processes (SyncBatchNorm). "
+        "Under torchrun, N is its number of processes",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results to this CSV file")
     parser.add_argument(
         "--no-progress",
         action="store_true",
         help="no progress bar (it is also off when stderr is not a terminal)",
     )
+
+
+def _check_ranks(ranks: int, sync: bool, jobs: int | None) -> None:
+    """--ranks/--sync-ranks make sense here: a positive count, torchrun's if under torchrun."""
+    option = "--sync-ranks" if sync else "--ranks"
+    if ranks < 1 or (sync and ranks < 2):
+        raise SystemExit(f"small-batch: {option} must be at least {2 if sync else 1}")
+    if ranks > 1 and jobs is not None:
+        raise SystemExit(f"small-batch: --jobs does not combine with {option}")
+    if distributed.in_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        if ranks != world:
+            if os.environ["RANK"] != "0":  # rank 0 says why
+                raise SystemExit(2)
+            raise SystemExit(
+                f"small-batch: started by torchrun as one of {world} processes: "
+                f"add --sync-ranks {world} (or --ranks {world})"
+            )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -435,26 +539,40 @@ def main(args: argparse.Namespace) -> int:
     jobs = parallel.cores() if args.jobs is None else args.jobs
     if jobs < 1:
         raise SystemExit("small-batch: --jobs must be at least 1")
-    progress = not args.no_progress and sys.stderr.isatty()
+    sync = args.sync_ranks is not None
+    ranks = args.sync_ranks if sync else args.ranks
+    _check_ranks(ranks, sync, args.jobs)
+    progress = not args.no_progress and sys.stderr.isatty() and ranks == 1
+    group = distributed.process_group() if distributed.in_torchrun() else contextlib.nullcontext()
     try:
-        results = run(
-            args.norms,
-            args.batch_sizes,
-            args.seeds,
-            args.epochs,
-            args.base_lr,
-            args.momentum,
-            args.precise_bn,
-            progress,
-            jobs=jobs,
-        )
+        with group:  # under torchrun: this process is one of the ranks
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            results = run(
+                args.norms,
+                args.batch_sizes,
+                args.seeds,
+                args.epochs,
+                args.base_lr,
+                args.momentum,
+                args.precise_bn,
+                progress,
+                jobs=jobs if ranks == 1 else 1,
+                ranks=ranks,
+                sync=sync,
+            )
     except ValueError as e:  # e.g. a batch size larger than the training set, a negative lr
         raise SystemExit(f"small-batch: {e}") from None
+    if rank != 0:  # rank 0 reports for all
+        return 0
+    B = "B" if ranks == 1 else f"{ranks} * B"
     print(
         f"LeNet on sklearn's digits ({digits.N_TEST} test images), "
         f"{args.epochs} epochs for every batch size B\n"
-        f"SGD, lr = {args.base_lr} * B / 32 annealed to 0; norm layers' momentum {args.momentum}"
+        f"SGD, lr = {args.base_lr} * {B} / 32 annealed to 0; norm layers' momentum {args.momentum}"
     )
+    if ranks > 1:
+        how = "synchronized (SyncBatchNorm)" if sync else "on each process's B images"
+        print(f"{ranks} processes (gloo), B images each; BatchNorm {how}")
     if args.precise_bn:
         print("precise BN: running statistics re-estimated on the whole training set")
     print(results_table(results))

@@ -396,6 +396,9 @@ BOOK_RESULTS = [  # the commands that wrote the results the small-batch chapter 
         ["--norms", "bn", "--batch-sizes", "2", "--momentum", "0.01"],
     ),
     ("small_batch_ln_in_sn.csv", ["--norms", "ln", "in", "sn", "--batch-sizes", "2"]),
+    # chapter 11: 8 processes with 2 images each, BatchNorm per process or synchronized
+    ("small_batch_8_ranks.csv", ["--norms", "bn", "--batch-sizes", "2", "--ranks", "8"]),
+    ("small_batch_8_sync_ranks.csv", ["--norms", "bn", "--batch-sizes", "2", "--sync-ranks", "8"]),
 ]
 
 
@@ -415,3 +418,86 @@ def test_the_chapter_reads_every_stored_result():
     assert stored == sorted(name for name, _ in BOOK_RESULTS)
     for name, _ in BOOK_RESULTS:
         assert len(sb.read_csv(BOOK_DATA / name)) > 0
+
+
+# ---------------------------------------------------------------------------
+# Several processes: --ranks, --sync-ranks, torchrun.
+# ---------------------------------------------------------------------------
+
+RANK_ARGS = ["small-batch", "--norms", "bn", "--batch-sizes", "8", "--seeds", "0", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def one_process_16(data) -> tuple[nn.Module, float]:
+    """The reference of the runs below: one process, 16 images a step, one epoch."""
+    model = sb.train_model("bn", 16, 0, data, epochs=1)
+    return model, sb.evaluate(model, data.x_test, data.y_test)
+
+
+def test_sync_ranks_train_what_one_process_trains_on_the_global_batch(data, one_process_16):
+    """2 processes of 8 images with SyncBatchNorm: the same steps as 16 images in one process."""
+    model, error = one_process_16
+    (r,) = sb.run(("bn",), (8,), (0,), epochs=1, data=data, ranks=2, sync=True)
+    assert (r.norm, r.batch_size, r.seed, r.ranks, r.sync) == ("bn", 8, 0, 2, True)
+    assert type(r.model[1]).__name__ == "SyncBatchNorm" and r.test_error == error
+    for (k, x), y in zip(r.model.state_dict().items(), model.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4, msg=k)
+
+
+def test_ranks_without_sync_normalize_each_process_alone(data, one_process_16):
+    model, _ = one_process_16
+    (r,) = sb.run(("bn",), (8,), (0,), epochs=1, data=data, ranks=2)
+    assert (r.ranks, r.sync) == (2, False) and type(r.model[1]).__name__ == "BatchNorm2d"
+    gap = (r.model[10].running_var - model[10].running_var).abs().max()
+    assert gap > 1e-2  # statistics of 8 images, not of 16
+
+
+def test_torchrun_runs_the_same_code_as_a_laptop(tmp_path, one_process_16):
+    """``torchrun --standalone --nproc-per-node 2 -m normtut.experiments ... --sync-ranks 2``."""
+    _, error = one_process_16
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "r.csv"
+    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "normtut.experiments"]
+    proc = subprocess.run(
+        [*cmd, *RANK_ARGS, "--sync-ranks", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("test error (%)") == 1  # rank 0 reports, rank 1 is silent
+    assert "bn, 2 ranks, sync" in proc.stdout and "2 processes (gloo)" in proc.stdout
+    (row,) = sb.read_csv(out)
+    assert (row.ranks, row.sync) == (2, True) and f"{row.test_error:.4f}" == f"{error:.4f}"
+
+
+def test_rank_options_are_checked(monkeypatch, capsys):
+    with pytest.raises(SystemExit, match="--sync-ranks must be at least 2"):
+        main([*RANK_ARGS, "--sync-ranks", "1"])
+    with pytest.raises(SystemExit, match="--ranks must be at least 1"):
+        main([*RANK_ARGS, "--ranks", "0"])
+    with pytest.raises(SystemExit, match="--jobs does not combine with --ranks"):
+        main([*RANK_ARGS, "--ranks", "2", "--jobs", "2"])
+    with pytest.raises(SystemExit):  # one or the other
+        main([*RANK_ARGS, "--ranks", "2", "--sync-ranks", "2"])
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit, match="one of 4 processes: add --sync-ranks 4"):
+        main([*RANK_ARGS, "--sync-ranks", "2"])
+    with pytest.raises(ValueError, match="sync=True needs ranks > 1"):
+        sb.run(("bn",), (8,), (0,), sync=True)
+    capsys.readouterr()
+
+
+def test_results_of_several_processes_in_the_csv_and_the_table(tmp_path):
+    results = [
+        sb.Result("bn", 2, 0, 44.0),
+        sb.Result("bn", 2, 0, 60.0, ranks=8),
+        sb.Result("bn", 2, 1, 62.0, ranks=8),
+        sb.Result("bn", 2, 0, 1.25, ranks=8, sync=True),
+    ]
+    sb.write_csv(results, tmp_path / "r.csv")
+    with open(tmp_path / "r.csv", newline="") as f:
+        assert next(csv.reader(f)) == ["norm", "batch_size", "seed", "test_error", "ranks", "sync"]
+    assert sb.read_csv(tmp_path / "r.csv") == results
+    table = sb.results_table(results).splitlines()
+    assert [line.split("  ")[0] for line in table[2:]] == ["bn", "bn, 8 ranks", "bn, 8 ranks, sync"]
+    assert table[3].split()[-3:] == ["61.0", "±", "1.4"]
