@@ -36,7 +36,7 @@ from . import autograd, checks, layout
 def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
     """One pass over the data behind every statistic: n, K, d, mean(d), var over dims.
 
-    The textbook E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std. Subtracting
+    The textbook E[x^2] - E[x]^2 cancels catastrophically when ``|mean|`` >> std. Subtracting
     first K, each group's mean as float rounding gives it, keeps the numbers small; the
     moments of d = x - K then correct K's rounding: mean = K + mean(d), var = mean(d^2) -
     mean(d)^2 (Chan, Golub and LeVeque's corrected two-pass algorithm). ``d`` is returned
