@@ -34,7 +34,7 @@ from . import autograd, checks, layout
 
 
 def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
-    """One pass over the data behind every statistic: n, K, d, mean(d), var over dims.
+    """The data behind every statistic: n, K, d = x - K, mean(d) and the variance over dims.
 
     The textbook E[x^2] - E[x]^2 cancels catastrophically when ``|mean|`` >> std. Subtracting
     first K, each group's mean as float rounding gives it, keeps the numbers small; the
@@ -78,7 +78,7 @@ def merge_moments(
 def moments(x: Tensor, dims: Sequence[int]) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of ``x`` over ``dims`` (kept as size-1 axes).
 
-    One pass over shifted data (``shifted_moments``), as accurate as two passes.
+    From shifted data (``shifted_moments``): accurate even where ``|mean|`` >> std.
     """
     _, K, _, mean_d, var = shifted_moments(x, dims)
     return K + mean_d, var
@@ -124,6 +124,8 @@ def update_running(running: Tensor, batch_stat: Tensor, momentum: float) -> None
 
 def unbiased(var: Tensor, n: int) -> Tensor:
     """Bessel's correction: turn the biased variance of n values into the unbiased one."""
+    if n == 1:  # one value: 0 / 0, NaN, as torch.var's unbiased variance of one value
+        return var * math.nan
     return var * (n / (n - 1))
 
 

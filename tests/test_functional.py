@@ -599,3 +599,12 @@ def test_infinite_value_keeps_running_mean_infinite_like_torch(values, layer):
     torch.testing.assert_close(rma, rmb, equal_nan=True)
     torch.testing.assert_close(rva, rvb, equal_nan=True)
     assert rma[1].isfinite() and rva[1].isfinite()  # the other channel is untouched by it
+
+
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_unbiased_matches_torch_var_even_for_one_value(n):
+    x = torch.randn(3, n, dtype=torch.float64)
+    _, var = F.moments(x, (1,))
+    torch.testing.assert_close(
+        F.unbiased(var, n).squeeze(1), x.var(1, unbiased=True), equal_nan=True, **F64
+    )
