@@ -4,7 +4,8 @@
     python tools/catalogs.py check [--language zh_CN]    # part of make test
 
 Both extract the book's messages (Sphinx's gettext builder: every markdown paragraph, heading,
-list item and table cell of every page; code and outputs are not messages) and compares
+list item and table cell of every page; code and outputs are not messages, nor are cells
+without words, such as numbers) and compare
 them with ``locales/<language>/LC_MESSAGES/``. ``update`` brings the catalogs in line
 with the source (sphinx-intl: new messages empty, changed ones marked fuzzy, messages the
 source lost removed). ``check`` fails when
@@ -55,6 +56,21 @@ def extract(pot_dir: Path) -> None:
         raise SystemExit(f"catalogs: extracting the messages failed ({status})")
     for page in UNTRANSLATED:
         (pot_dir / page).with_suffix(".pot").unlink(missing_ok=True)
+    for pot in pot_dir.rglob("*.pot"):  # keep only messages with words in them
+        with open(pot, "rb") as f:
+            template = read_po(f)
+        for message in list(template):
+            if message.id and not translatable(message.id):
+                template.delete(message.id, message.context)
+        with open(pot, "wb") as f:
+            write_po(f, template, width=76)
+
+
+def translatable(msgid: str) -> bool:
+    """Whether a message has words to translate: a table cell such as ``1.29`` or ``0.92``
+    (the bench results chapter 12 renders) reads the same in every language, and leaving it
+    out of the catalogs keeps a new bench run from making them stale."""
+    return any(ch.isalpha() for ch in msgid)
 
 
 def messages(path: Path) -> dict[str, object]:
