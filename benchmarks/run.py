@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import normtut
+from normtut.experiments.backward import saved_bytes  # what autograd keeps, in bytes
 
 HERE = Path(__file__).resolve().parent
 
@@ -146,20 +147,6 @@ def interleaved(fns: dict[str, Callable[[], None]], rounds: int, reps: int) -> d
         for name in names:
             ratios[name].append(times[name] if name == "torch" else times[name] / times["torch"])
     return {name: statistics.median(v) for name, v in ratios.items()}
-
-
-def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the distinct storages autograd keeps for the backward of ``fn()``."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
 
 
 class PeakMemory(TorchDispatchMode):
