@@ -7,6 +7,7 @@ single-process reference in the test draw the very same numbers.
 
 from __future__ import annotations
 
+import multiprocessing.util
 import time
 from dataclasses import dataclass
 
@@ -233,6 +234,15 @@ def run_all(cases: list[Case], ddp_split: tuple[int, ...], subgroup=None) -> dic
 def raise_on_rank_0() -> None:
     """Rank 0 fails; the others wait in a collective that rank 0 never joins."""
     if dist.get_rank() == 0:
+        raise ValueError("rank 0 gives up")
+    dist.all_reduce(torch.zeros(1))
+
+
+def raise_on_rank_0_then_linger() -> None:
+    """As ``raise_on_rank_0``, but rank 0's process takes 3 s to exit after its error: rank 1,
+    whose all_reduce fails once rank 0 leaves the group, ends first."""
+    if dist.get_rank() == 0:
+        multiprocessing.util.Finalize(None, time.sleep, args=(3.0,), exitpriority=0)
         raise ValueError("rank 0 gives up")
     dist.all_reduce(torch.zeros(1))
 

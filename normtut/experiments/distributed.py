@@ -18,6 +18,7 @@ import os
 import pickle
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -78,6 +79,16 @@ def launch(
                         f"{timeout:g} s (a rank waiting in a collective that another never "
                         "joined?); they were terminated"
                     )
+        except mp.ProcessRaisedException as raised:
+            # The rank that failed first is the cause: when it leaves the group, the others'
+            # collectives fail too ("Connection closed by peer"), and may end before it.
+            first = _first_error(folder)
+            if first is None or first[0] == raised.error_index:
+                raise
+            rank, trace = first
+            pid = context.processes[rank].pid
+            message = f"\n\n-- Process {rank} terminated with the following error:\n{trace}"
+            raise mp.ProcessRaisedException(message, rank, pid) from None
         finally:
             _end(context.processes)
         return [_load(os.path.join(folder, f"rank{r}.pkl")) for r in range(world_size)]
@@ -95,9 +106,28 @@ def _run(rank: int, world_size: int, port: int, folder: str, timeout, worker, ar
     )
     torch.set_num_threads(1)  # world_size processes share the machine's cores
     with process_group(timeout):
-        result = worker(*args)
+        try:
+            result = worker(*args)
+        except BaseException:  # noted before this rank leaves the group, then raised
+            with open(os.path.join(folder, f"error{rank}.txt"), "w") as f:
+                f.write(f"{time.time()!r}\n{traceback.format_exc()}")
+            raise
     with open(os.path.join(folder, f"rank{rank}.pkl"), "wb") as f:
         pickle.dump(result, f)
+
+
+def _first_error(folder: str) -> tuple[int, str] | None:
+    """(rank, traceback) of the exception ``worker`` raised first in any rank, if any did."""
+    errors = []
+    for name in os.listdir(folder):
+        if name.startswith("error"):
+            with open(os.path.join(folder, name)) as f:
+                when, trace = f.read().split("\n", 1)
+            errors.append((float(when), int(name[len("error") : -len(".txt")]), trace))
+    if not errors:
+        return None
+    _, rank, trace = min(errors)
+    return rank, trace
 
 
 def _load(path: str) -> Any:

@@ -19,6 +19,15 @@ def test_an_error_on_one_rank_ends_every_rank_and_is_raised():
     assert multiprocessing.active_children() == []
 
 
+def test_the_first_error_is_raised_even_when_another_rank_ends_first():
+    # rank 1's all_reduce fails ("Connection closed by peer") and its process ends while
+    # rank 0, which raised first, is still exiting: the cause is rank 0's error
+    with pytest.raises(ProcessRaisedException, match="rank 0 gives up") as raised:
+        distributed.launch(W.raise_on_rank_0_then_linger, 2, timeout=240)
+    assert raised.value.error_index == 0
+    assert multiprocessing.active_children() == []
+
+
 def test_a_hang_is_ended_by_the_timeout():
     start = time.monotonic()
     with pytest.raises(TimeoutError, match="still running after 20 s"):
