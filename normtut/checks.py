@@ -79,13 +79,24 @@ def require_channels(fn: str, input: Tensor) -> None:
 
 
 def batch_norm_args(
-    input, running_mean, running_var, weight, bias, training, eps, momentum=0.1
+    input,
+    running_mean,
+    running_var,
+    weight,
+    bias,
+    training,
+    eps,
+    momentum=0.1,
+    *,
+    check_batch_size: bool = True,
 ) -> None:
     """Raise what torch raises for arguments batch_norm cannot use, in torch's order.
 
     F.batch_norm's own checks, then the argument parser's (TypeError), then ATen's.
+    ``check_batch_size=False`` leaves out the "more than 1 value per channel" check: a
+    synchronized BatchNorm makes it on the count of all processes together.
     """
-    if training:
+    if training and check_batch_size:
         verify_batch_size(input.size())
     check_eps("batch_norm", eps, training)
     parse_norm_args("batch_norm", input, weight, bias, running_mean, running_var)

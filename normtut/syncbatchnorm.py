@@ -154,14 +154,13 @@ def sync_batch_norm(
     the forward and two sums per channel in the backward.
     """
     # F.batch_norm's checks, except the batch size: only the global count must exceed 1
-    checks.check_eps("batch_norm", eps, True)
-    checks.parse_norm_args("batch_norm", input, weight, bias, running_mean, running_var)
-    checks.float_arg("batch_norm", "momentum", 7, momentum)
-    if input.numel() > 0:
-        checks.aten_batch_norm_checks(input, running_mean, running_var, weight, bias, True)
+    checks.batch_norm_args(
+        input, running_mean, running_var, weight, bias, True, eps, momentum,
+        check_batch_size=False,
+    )  # fmt: skip
     dtype = checks.compute_dtype("batch_norm", input, running_mean, running_var, weight, bias)
     x = input.contiguous(memory_format=layout.batch_norm_format(input))  # as torch's kernel
-    shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)  # per channel, to broadcast over x
+    shape = F._channel_shape(x)  # per channel, to broadcast over x
     weight, bias = [None if t is None else t.to(dtype).reshape(shape) for t in (weight, bias)]
     return SyncNormalize.apply(x, weight, bias, running_mean, running_var, eps, momentum, group)
 
@@ -194,9 +193,9 @@ class SyncNormalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, eps, momentum, group):
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        xf = x.to(F._opmath(x.dtype))  # float16/bfloat16: the math in float32
         dims = (0, *range(2, x.dim()))  # BN: every axis but the channels
-        shape = (1, x.shape[1]) + (1,) * (x.dim() - 2)
+        shape = F._channel_shape(x)
         n, mean, m2 = global_moments(xf, dims, group)
         n = int(n.item())
         if n == 1:  # as BatchNorm on the whole batch; every rank knows n, every rank raises
