@@ -247,7 +247,7 @@ def run_cell(
     process group every process calls it (see ``train_model``; ``sync``: SyncBatchNorm).
     """
     ranks = dist.get_world_size() if dist.is_initialized() else 1
-    per_epoch = len(data.y_train) // max(batch_size * ranks, 1)
+    per_epoch = digits.steps_per_epoch(len(data.y_train), max(batch_size * ranks, 1))
 
     def after_step(step: int, loss: float) -> None:
         if progress is not None and step % per_epoch == 0:
@@ -309,7 +309,8 @@ def run(
         return distributed.launch(run_on_ranks, ranks, cells, timeout=24 * 3600)[0]
     if sync:
         raise ValueError("sync=True needs ranks > 1")
-    total = len(norms) * len(seeds) * epochs * sum(len(data.y_train) // b for b in batch_sizes)
+    steps = sum(digits.steps_per_epoch(len(data.y_train), b) for b in batch_sizes)
+    total = len(norms) * len(seeds) * epochs * steps
     with tqdm(
         total=total, unit="step", file=sys.stderr, disable=not progress, dynamic_ncols=True
     ) as bar:
