@@ -34,25 +34,34 @@ OVERRIDES = {
 REDIRECT = '<meta http-equiv="Refresh" content="0; url=book/intro.html" />\n'
 
 
-def build(language: str, strict: bool = False) -> int:
-    """Build the ``language`` edition; return Sphinx's exit status (0: success)."""
-    out = ROOT / "_build" / "html" / EDITIONS[language]
-    overrides = {"language": language, "latex_individualpages": False, **OVERRIDES[language]}
-    if strict:
-        overrides["nitpicky"] = True
-    status = build_sphinx(
+def sphinx(
+    out: Path, doctrees: Path, overrides: dict, builder: str = "html", strict: bool = False
+) -> int:
+    """Jupyter Book's Sphinx build of the whole book, from scratch, with ``_config.yml`` and
+    ``overrides``, into ``out``; returns Sphinx's exit status (0: success)."""
+    return build_sphinx(
         ROOT,
         out,
         noconfig=True,
         path_config=str(ROOT / "_config.yml"),
-        confoverrides=overrides,
-        doctreedir=ROOT / "_build" / f".doctrees-{language}",
+        confoverrides={"latex_individualpages": False, **overrides},
+        doctreedir=doctrees,
+        builder=builder,
         force_all=True,
         freshenv=True,
         warningiserror=strict,
         keep_going=strict,
         quiet=True,
     )
+
+
+def build(language: str, strict: bool = False) -> int:
+    """Build the ``language`` edition; return Sphinx's exit status (0: success)."""
+    out = ROOT / "_build" / "html" / EDITIONS[language]
+    overrides = {"language": language, **OVERRIDES[language]}
+    if strict:
+        overrides["nitpicky"] = True
+    status = sphinx(out, ROOT / "_build" / f".doctrees-{language}", overrides, strict=strict)
     if status == 0:
         (out / "index.html").write_text(REDIRECT)  # as Jupyter Book writes for English
     return status

@@ -38,20 +38,9 @@ UNTRANSLATED = {Path("book/api")}
 
 def extract(pot_dir: Path) -> None:
     """Write the source's message templates (.pot, one per page) into ``pot_dir``."""
-    from jupyter_book.sphinx import build_sphinx
+    from build_edition import sphinx  # (tools/, beside this script)
 
-    status = build_sphinx(
-        ROOT,
-        pot_dir,
-        noconfig=True,
-        path_config=str(ROOT / "_config.yml"),
-        confoverrides={"latex_individualpages": False},
-        doctreedir=pot_dir.parent / ".doctrees-gettext",
-        builder="gettext",
-        force_all=True,
-        freshenv=True,
-        quiet=True,
-    )
+    status = sphinx(pot_dir, pot_dir.parent / ".doctrees-gettext", {}, builder="gettext")
     if status != 0:
         raise SystemExit(f"catalogs: extracting the messages failed ({status})")
     for page in UNTRANSLATED:
