@@ -163,6 +163,11 @@ def error(model: nn.Module, x: Tensor, y: Tensor) -> float:
     was_training = model.training
     model.eval()
     try:
-        return (model(x).argmax(1) != y).double().mean().item() * 100
+        return percent_wrong(model(x), y)
     finally:
         model.train(was_training)
+
+
+def percent_wrong(logits: Tensor, y: Tensor) -> float:
+    """Percentage of the rows of ``logits`` whose largest entry is not at the label ``y``."""
+    return (logits.argmax(1) != y).double().mean().item() * 100

@@ -121,7 +121,7 @@ def evaluate(
             f"nothing to evaluate: {len(y)} samples make no batch of batch_size={batch_size}"
         )
     logits = torch.cat([model(xb) for xb in x[:keep].split(batch_size)])
-    return (logits.argmax(1) != y[:keep]).double().mean().item() * 100
+    return digits.percent_wrong(logits, y[:keep])
 
 
 def _with_batch_stats(model: nn.Module) -> nn.Module:
