@@ -73,7 +73,7 @@ def grad_sums(
     constant; sum dy * x_hat is then rstd * sum dy * xc (rstd is constant on a group).
     dy * xc is formed in a new tensor, or in ``out`` (``xc`` itself, if not needed again).
     """
-    return dy.sum_to_size(shape), torch.mul(dy, xc, out=out).sum_to_size(shape)
+    return _sum_to(dy, shape), _sum_to(torch.mul(dy, xc, out=out), shape)
 
 
 def grad_input(
@@ -89,18 +89,26 @@ def grad_input(
     """dL/dx, training: rstd * (g - mean(g) - x_hat * mean(g * x_hat)), g = weight * dy.
 
     ``xc`` is x - mean (so x_hat = xc * rstd), ``sum_dy`` and ``sum_dy_xc`` come from
-    ``grad_sums``, and ``n`` values form one group. dL/dx is a new tensor, or ``out`` (which
-    may be ``xc`` itself, where x - mean is not needed afterwards).
+    ``grad_sums``, and ``n`` values form one group. With a weight per channel the formula
+    is dL/dx = a * dy + c * xc + b, where a = rstd * weight, b = -rstd * mean(g) and
+    c = -rstd^3 * mean(g * xc) are small: they are formed first, then three passes over the
+    data. dL/dx is a new tensor, or ``out`` (which may be ``xc`` itself, where x - mean is
+    not needed afterwards).
     """
-    mean_g = group_sum(sum_dy, weight, rstd.shape) / n  # mean(g) over each group
-    mean_g_xhat = rstd * group_sum(sum_dy_xc, weight, rstd.shape) / n  # mean(g * x_hat)
-    c = rstd * mean_g_xhat  # x_hat * mean(g * x_hat) = xc * c
+    inv_n = 1 / n if n else math.nan  # (n = 0: empty groups, an empty dL/dx)
+    sum_g = group_sum(sum_dy, weight, rstd.shape)  # n * mean(g) per group
+    sum_g_xc = group_sum(sum_dy_xc, weight, rstd.shape)  # n * mean(g * xc)
+    # x_hat * mean(g * x_hat) = xc * rstd^2 * mean(g * xc)
     if weight is not None and weight.dim() < dy.dim():  # LN: rstd * (weight * dy - ...)
-        dx = torch.mul(xc, c.neg_(), out=out)  # -x_hat * mean(g * x_hat)
-        return dx.addcmul_(dy, weight).sub_(mean_g).mul_(rstd)
-    # BN, IN, GN: a weight per channel, so rstd * weight is small
-    dx = torch.mul(xc, c.mul_(rstd).neg_(), out=out)  # -x_hat * mean(g * x_hat) * rstd
-    return dx.addcmul_(dy, _times(rstd, weight)).sub_(rstd * mean_g)  # + rstd * (g - mean(g))
+        c = (sum_g_xc * -inv_n).mul_(rstd).mul_(rstd)  # -rstd^2 * mean(g * xc)
+        dx = torch.mul(xc, c, out=out).addcmul_(dy, weight)
+        return dx.sub_(sum_g * inv_n).mul_(rstd)
+    # BN, IN, GN: a weight per channel, so a = rstd * weight is small
+    r_n = rstd * -inv_n
+    c = (sum_g_xc * r_n).mul_(rstd).mul_(rstd)  # -rstd^3 * mean(g * xc)
+    b = sum_g * r_n  # -rstd * mean(g)
+    dx = torch.mul(xc, c, out=out).addcmul_(dy, _times(rstd, weight))
+    return dx.add_(b)
 
 
 def grad_weight(sum_dy_xc: Tensor, rstd: Tensor, shape: Sequence[int]) -> Tensor:
@@ -111,7 +119,7 @@ def grad_weight(sum_dy_xc: Tensor, rstd: Tensor, shape: Sequence[int]) -> Tensor
     k = len(shape)
     if rstd.shape[rstd.dim() - k :] == (1,) * k and sum_dy_xc.shape == rstd.shape[:-k] + shape:
         return (rstd.reshape(-1) @ sum_dy_xc.reshape(rstd.numel(), math.prod(shape))).reshape(shape)
-    return (rstd * sum_dy_xc).sum_to_size(shape)
+    return _sum_to(rstd * sum_dy_xc, shape)
 
 
 def group_sum(t: Tensor, weight: Tensor | None, shape: Sequence[int]) -> Tensor:
@@ -120,13 +128,13 @@ def group_sum(t: Tensor, weight: Tensor | None, shape: Sequence[int]) -> Tensor:
     With a weight per element (LayerNorm) it is a matrix-vector product over each group.
     """
     if weight is None:
-        return t.sum_to_size(shape)
+        return _sum_to(t, shape)
     k = weight.dim()
     groups = t.shape[: t.dim() - k]
     if t.shape[t.dim() - k :] == weight.shape and tuple(shape) == groups + (1,) * k:
         rows = t.reshape(*groups, weight.numel())  # LN: one row per group
         return (rows @ weight.reshape(-1)).reshape(shape)
-    return (weight * t).sum_to_size(shape)
+    return _sum_to(weight * t, shape)
 
 
 def scaled(t: Tensor, rstd: Tensor, weight: Tensor | None, out: Tensor | None = None) -> Tensor:
@@ -137,6 +145,11 @@ def scaled(t: Tensor, rstd: Tensor, weight: Tensor | None, out: Tensor | None = 
     if weight is None or weight.dim() == t.dim():  # BN, IN, GN: rstd * weight is small
         return torch.mul(t, _times(rstd, weight), out=out)
     return torch.mul(t, rstd, out=out).mul_(weight)  # LN: one weight per element
+
+
+def _sum_to(t: Tensor, shape: Sequence[int]) -> Tensor:
+    """``t.sum_to_size(shape)``, skipping the call where ``t`` has that shape already."""
+    return t if t.shape == tuple(shape) else t.sum_to_size(shape)
 
 
 def _times(rstd: Tensor, weight: Tensor | None) -> Tensor:
@@ -296,7 +309,7 @@ def _viewed(t: Tensor | None, norm: Norm) -> Tensor | None:
 def _bias_grad(sum_dy: Tensor, ctx) -> Tensor:
     """dL/dbias = sum dy over the axes the bias is shared on, in the bias's own shape."""
     shape = ctx.norm.affine_shape or ctx.bias_shape
-    return sum_dy.sum_to_size(shape).reshape(ctx.bias_shape)
+    return _sum_to(sum_dy, shape).reshape(ctx.bias_shape)
 
 
 def _plain(t: Tensor) -> bool:
