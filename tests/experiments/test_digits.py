@@ -40,7 +40,7 @@ def reference_training(model, data, epochs, batch_size, lr, seed, opt_class, cos
     gen = torch.Generator().manual_seed(seed)
     losses = []
     model.train()
-    with digits.one_thread():
+    with digits.one_thread(), digits.aten_convolutions():
         for _ in range(epochs):
             batches = torch.randperm(1440, generator=gen).split(batch_size)
             for batch in batches[:-1] if drop_last and len(batches[-1]) < batch_size else batches:
@@ -67,7 +67,7 @@ def test_train_is_the_plain_torch_loop(data, optimizer, schedule, batch_size, dr
         schedule=schedule, drop_last=drop_last, after_step=lambda step, loss: seen.append((step, loss)),
     )  # fmt: skip
     opt_class = {
-        "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+        "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, fused=True),
         "adam": torch.optim.Adam,
     }[optimizer]
     expected = reference_training(
@@ -80,6 +80,15 @@ def test_train_is_the_plain_torch_loop(data, optimizer, schedule, batch_size, dr
         assert torch.equal(x, y), k
 
 
+def test_aten_convolutions_restores_the_setting_even_after_an_error():
+    assert torch.backends.mkldnn.enabled
+    with pytest.raises(RuntimeError, match="inside"):
+        with digits.aten_convolutions():
+            assert not torch.backends.mkldnn.enabled
+            raise RuntimeError("inside")
+    assert torch.backends.mkldnn.enabled
+
+
 def test_a_diverged_loss_ends_training(data):
     model = digits.lenet("none", 0)
     losses = digits.train(model, data, epochs=3, batch_size=32, lr=1e6, seed=0)
@@ -87,11 +96,16 @@ def test_a_diverged_loss_ends_training(data):
     assert len(losses) < 3 * 45
 
 
-def test_train_keeps_the_thread_count_and_checks_its_options(data):
+def test_train_keeps_the_thread_count_and_onednn_setting_and_checks_its_options(data):
     torch.set_num_threads(2)
     try:
-        digits.train(digits.lenet("gn", 0), data, epochs=1, batch_size=720, lr=0.1, seed=0)
-        assert torch.get_num_threads() == 2
+        seen = []
+        digits.train(
+            digits.lenet("gn", 0), data, epochs=1, batch_size=720, lr=0.1, seed=0,
+            after_step=lambda step, loss: seen.append(torch.backends.mkldnn.enabled),
+        )  # fmt: skip
+        assert seen == [False, False]  # off while training
+        assert torch.get_num_threads() == 2 and torch.backends.mkldnn.enabled
     finally:
         torch.set_num_threads(1)
     model = digits.lenet("gn", 0)
