@@ -72,12 +72,14 @@ def aten_convolutions() -> Iterator[None]:
 
     They compute the same sums in another order, so results differ in the last bits.
     """
+    # set_flags changes this one flag: torch.backends.mkldnn.flags() would also set TF32 (and
+    # warn), and assigning .enabled fails once torch.backends.disable_global_flags() ran.
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.set_flags(_enabled=False, _fp32_precision=None)
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = before
+        torch.backends.mkldnn.set_flags(_enabled=before, _fp32_precision=None)
 
 
 def lenet(norm: str, seed: int, **options) -> LeNet:
