@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import itertools
 import os
 import statistics
@@ -14,6 +15,7 @@ from pathlib import Path
 import matplotlib
 import pytest
 import torch
+from plain_torch import reference_training
 from torch import nn
 
 from normtut.experiments import digits
@@ -152,18 +154,9 @@ def test_learning_rate_is_scaled_linearly_and_annealed(data):
         "gn", 8, 0, data, epochs=1, base_lr=0.4, after_step=lambda step, loss: seen.append(step)
     )
     assert seen == list(range(1, 1440 // 8 + 1))
-    torch.manual_seed(0)
     ref = digits.lenet("gn", 0)
-    opt = torch.optim.SGD(ref.parameters(), lr=0.4 * 8 / 32, momentum=0.9)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=180)
-    gen = torch.Generator().manual_seed(0)
-    ref.train()
-    with digits.one_thread():
-        for batch in torch.randperm(1440, generator=gen).split(8):
-            opt.zero_grad()
-            nn.functional.cross_entropy(ref(data.x_train[batch]), data.y_train[batch]).backward()
-            opt.step()
-            sched.step()
+    sgd = functools.partial(torch.optim.SGD, momentum=0.9, fused=True)
+    reference_training(ref, data, 1, 8, 0.4 * 8 / 32, 0, sgd, cosine=True, drop_last=True)
     for (k, x), y in zip(model.state_dict().items(), ref.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0, msg=k)
 
