@@ -43,9 +43,9 @@ def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor
     for callers that go on to use x - mean = d - mean(d).
     """
     n = math.prod([x.shape[i] for i in dims])
-    K = x.mean(dims, keepdim=True)  # near the mean; any K gives the same mean and var
-    K = torch.nan_to_num(K.detach() if K.requires_grad else K, nan=0.0, posinf=0.0, neginf=0.0)
-    d = x - K  # (nan_to_num: x - inf would be NaN)
+    K = x.mean(dims, keepdim=True).detach()  # near the mean; any K gives the same mean and var
+    K = torch.nan_to_num(K, nan=0.0, posinf=0.0, neginf=0.0)  # x - inf would be NaN
+    d = x - K
     mean_d = d.mean(dims, keepdim=True)
     var = torch.addcmul((d * d).mean(dims, keepdim=True), mean_d, mean_d, value=-1)
     return n, K, d, mean_d, var.clamp_min_(0.0)  # rounding must not leave var below 0
@@ -109,9 +109,7 @@ def update_running(running: Tensor, batch_stat: Tensor, momentum: float) -> None
     differentiated. A float16/bfloat16 (or integer) buffer gets the update in float32,
     rounded once.
     """
-    if batch_stat.requires_grad:
-        batch_stat = batch_stat.detach()
-    batch_stat = batch_stat.reshape_as(running)
+    batch_stat = batch_stat.detach().reshape_as(running)
     expanded = running.numel() > 1 and 0 in running.stride()  # one memory cell for all
     if running.dtype == batch_stat.dtype == _opmath(running.dtype) and not expanded:
         running.lerp_(batch_stat, momentum)
