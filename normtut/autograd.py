@@ -11,13 +11,14 @@ x_hat = (x - mean) * rstd, rstd = 1 / sqrt(var + eps), g = weight * dy and means
     dL/dx      = rstd * g                                             (eval)
 
 Only the input and the per-group statistics are kept for backward, as in torch's kernels.
-``grad_sums`` (the two reductions) and ``grad_input`` are the two halves of the formula: a
-distributed BatchNorm adds up ``grad_sums`` over its processes before calling ``grad_input``.
+The formula takes three steps: ``grad_sums`` (the two reductions), ``group_sum`` (the
+weight brought in, one sum per group) and ``grad_input``. A distributed BatchNorm adds up
+``grad_sums`` over its processes before the other two.
 
 Every operation reads and writes whole tensors, so the code counts them: each new
 input-sized tensor costs a trip through memory (and, freshly allocated, page faults). The
-forward makes one temporary and the output; the backward one temporary besides dL/dx,
-which is written into the memory of x - mean once that has served.
+forward makes two temporaries (x - K and its square) and the output; the backward one
+buffer, which holds x - mean, then dy * (x - mean), then dL/dx.
 """
 
 from __future__ import annotations
@@ -81,23 +82,21 @@ def grad_input(
     xc: Tensor,
     rstd: Tensor,
     weight: Tensor | None,
-    sum_dy: Tensor,
-    sum_dy_xc: Tensor,
+    sum_g: Tensor,
+    sum_g_xc: Tensor,
     n: int,
     out: Tensor | None = None,
 ) -> Tensor:
     """dL/dx, training: rstd * (g - mean(g) - x_hat * mean(g * x_hat)), g = weight * dy.
 
-    ``xc`` is x - mean (so x_hat = xc * rstd), ``sum_dy`` and ``sum_dy_xc`` come from
-    ``grad_sums``, and ``n`` values form one group. With a weight per channel the formula
-    is dL/dx = a * dy + c * xc + b, where a = rstd * weight, b = -rstd * mean(g) and
-    c = -rstd^3 * mean(g * xc) are small: they are formed first, then three passes over the
-    data. dL/dx is a new tensor, or ``out`` (which may be ``xc`` itself, where x - mean is
-    not needed afterwards).
+    ``xc`` is x - mean (so x_hat = xc * rstd), ``sum_g`` and ``sum_g_xc`` are the sums of g
+    and g * xc over each group (``group_sum`` of what ``grad_sums`` returns), and ``n``
+    values form one group. With a weight per channel the formula is dL/dx = a * dy + c * xc
+    + b, where a = rstd * weight, b = -rstd * mean(g) and c = -rstd^3 * mean(g * xc) are
+    small: they are formed first, then three passes over the data. dL/dx is a new tensor,
+    or ``out`` (which may be ``xc`` itself, where x - mean is not needed afterwards).
     """
     inv_n = 1 / n if n else math.nan  # (n = 0: empty groups, an empty dL/dx)
-    sum_g = group_sum(sum_dy, weight, rstd.shape)  # n * mean(g) per group
-    sum_g_xc = group_sum(sum_dy_xc, weight, rstd.shape)  # n * mean(g * xc)
     # x_hat * mean(g * x_hat) = xc * rstd^2 * mean(g * xc)
     if weight is not None and weight.dim() < dy.dim():  # LN: rstd * (weight * dy - ...)
         c = (sum_g_xc * -inv_n).mul_(rstd).mul_(rstd)  # -rstd^2 * mean(g * xc)
@@ -123,7 +122,8 @@ def grad_weight(sum_dy_xc: Tensor, rstd: Tensor, shape: Sequence[int]) -> Tensor
 
 
 def group_sum(t: Tensor, weight: Tensor | None, shape: Sequence[int]) -> Tensor:
-    """sum of weight * t over each group, to ``shape`` (``t`` from ``grad_sums``).
+    """sum of weight * t over each group, to ``shape`` (``t`` from ``grad_sums``): with
+    ``sum_dy`` that is the sum of g = weight * dy, with ``sum_dy_xc`` the sum of g * xc.
 
     With a weight per element (LayerNorm) it is a matrix-vector product over each group.
     """
@@ -229,11 +229,13 @@ class Normalize(torch.autograd.Function):
             dbias = _bias_grad(dy, ctx) if needs_dbias else None
             return _as(dx, input), None, dbias, None, None, None
         shape = _shared_shape(mean, weight)
-        plain = _plain(dy)  # may overwrite its temporaries
         xc = x - mean  # x_hat = xc * rstd
-        # Where the sums are small (all but LN), dy * xc is formed in xc's memory, and
-        # x - mean computed again there for dL/dx: the backward needs one buffer, not two.
-        one_buffer = plain and tuple(shape) != tuple(xc.shape)
+        # Where nobody else sees the temporaries, dy * xc is formed in xc's memory and, once
+        # summed, x - mean computed there again for dL/dx: the backward allocates one
+        # input-sized buffer, as torch's kernel does (groups of one value excepted: there
+        # the sums are dy * xc itself).
+        plain = _plain(dy)  # may overwrite its temporaries
+        one_buffer = plain and tuple(rstd.shape) != tuple(xc.shape)
         sum_dy, sum_dy_xc = grad_sums(dy, xc, shape, out=xc if one_buffer else None)
         if needs_dweight:  # sum dy * x_hat
             dweight = grad_weight(sum_dy_xc, rstd, weight.shape).reshape(weight_given.shape)
@@ -241,10 +243,12 @@ class Normalize(torch.autograd.Function):
             dbias = _bias_grad(sum_dy, ctx)  # sum dy
         out = xc if plain else None  # dx into the memory of xc, its last use
         if needs_dx and norm.training:
+            sum_g = group_sum(sum_dy, weight, rstd.shape)  # n * mean(g) per group
+            sum_g_xc = group_sum(sum_dy_xc, weight, rstd.shape)  # n * mean(g * xc)
             if one_buffer:
                 torch.sub(x, mean, out=xc)  # xc = x - mean again
             n = _count(x, norm)
-            dx = grad_input(dy, xc, rstd, weight, sum_dy, sum_dy_xc, n, out=out)
+            dx = grad_input(dy, xc, rstd, weight, sum_g, sum_g_xc, n, out=out)
         elif needs_dx:  # eval: a fixed scale, weight * rstd per channel
             dx = scaled(dy, rstd, weight, out=out)
         return _as(dx, input), dweight, dbias, None, None, None
@@ -261,7 +265,7 @@ class Normalize(torch.autograd.Function):
         if dinput is not None:  # weight * d(x_hat), d(x_hat) = J dx with J = J^T
             dx = dinput.to(mean.dtype)
             if norm.training:
-                sums = grad_sums(dx, xc, mean.shape)
+                sums = grad_sums(dx, xc, mean.shape)  # per group already (no weight)
                 dx_hat = grad_input(dx, xc, rstd, None, *sums, _count(x, norm))
             else:
                 dx_hat = dx * rstd

@@ -226,7 +226,8 @@ class SyncNormalize(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # dx needs both sums over the whole batch
             both = torch.cat([sum_dy, sum_dy_xc])  # [2, C, 1, ...]: 2C numbers
             dist.all_reduce(both, group=ctx.group)
-            dx = autograd.grad_input(dy, xc, rstd, weight, both[0:1], both[1:2], ctx.n)
+            sum_g, sum_g_xc = (autograd.group_sum(t, weight, rstd.shape) for t in both.chunk(2))
+            dx = autograd.grad_input(dy, xc, rstd, weight, sum_g, sum_g_xc, ctx.n)
             dx = dx.to(x.dtype)
         if ctx.needs_input_grad[1]:
             dweight = sum_dy_xc * rstd  # sum dy * x_hat over this rank's slice

@@ -346,8 +346,9 @@ def test_backward_split_over_processes():
     rstd = torch.rsqrt(m2 / n + 1e-5)
     sums = [A.grad_sums(d, h - mean, shape) for d, h in zip(dys, halves, strict=True)]
     sum_dy, sum_dy_xc = (sum(s[i] for s in sums) for i in (0, 1))  # the all-reduce
+    sum_g, sum_g_xc = (A.group_sum(t, w.reshape(shape), shape) for t in (sum_dy, sum_dy_xc))
     dx = [
-        A.grad_input(d, h - mean, rstd, w.reshape(shape), sum_dy, sum_dy_xc, n)
+        A.grad_input(d, h - mean, rstd, w.reshape(shape), sum_g, sum_g_xc, n)
         for d, h in zip(dys, halves, strict=True)
     ]
     torch.testing.assert_close(torch.cat(dx), expected, **F64)
