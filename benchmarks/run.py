@@ -11,7 +11,9 @@ How it measures, so that the numbers mean something on a shared machine:
   run interleaved, one after the other in every round; a candidate's number is the median
   over rounds of its time divided by torch's time in the same round;
 - memory: the bytes autograd keeps for backward (distinct storages) and the peak of the
-  tensors alive during forward + backward, both as multiples of the input's bytes.
+  storages created during forward + backward and alive at once (not counting the input, dy
+  and the parameters, even where a view of them is made), both as multiples of the input's
+  bytes.
 
 Targets: the median forward + backward ratio over the shapes of each layer (``Case.target``).
 Exits 1 when one is missed, or when normtut keeps more for backward than torch does.
@@ -150,11 +152,16 @@ def interleaved(fns: dict[str, Callable[[], None]], rounds: int, reps: int) -> d
 
 
 class PeakMemory(TorchDispatchMode):
-    """The peak bytes of tensor storages created by the ops run inside, while they are alive."""
+    """The peak bytes of tensor storages created by the ops run inside, while they are alive.
 
-    def __init__(self) -> None:
+    Storages of the tensors in ``existing`` (the input, dy, the parameters) are never
+    counted, even when an op inside returns a view of them (GroupNorm reshapes its input).
+    """
+
+    def __init__(self, existing: list[torch.Tensor] = ()) -> None:
         super().__init__()
         self.live = self.peak = 0
+        self.existing = {t.untyped_storage().data_ptr() for t in existing}
         self.seen: set[int] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -166,7 +173,7 @@ class PeakMemory(TorchDispatchMode):
 
     def _track(self, storage) -> None:
         key = storage.data_ptr()
-        if key in self.seen or storage.nbytes() == 0:
+        if key in self.seen or key in self.existing or storage.nbytes() == 0:
             return
         self.seen.add(key)
         self.live += storage.nbytes()
@@ -178,8 +185,9 @@ class PeakMemory(TorchDispatchMode):
         self.live -= nbytes
 
 
-def peak_bytes(fn: Callable[[], None]) -> int:
-    with PeakMemory() as tracker:
+def peak_bytes(fn: Callable[[], None], existing: list[torch.Tensor] = ()) -> int:
+    """The peak bytes of the storages ``fn`` creates, not counting those of ``existing``."""
+    with PeakMemory(existing) as tracker:
         fn()
     return tracker.peak
 
@@ -227,8 +235,8 @@ def measure(case: Case, shape: tuple[int, ...], rounds: int, use_compile: bool) 
         "torch_fwdbwd_ms": fwdbwd["torch"] * 1e3,
         "saved_torch": saved_bytes(graph(ref)) / nbytes,
         "saved_normtut": saved_bytes(graph(ours)) / nbytes,
-        "peak_torch": peak_bytes(candidates["torch"][1]) / nbytes,
-        "peak_normtut": peak_bytes(candidates["normtut"][1]) / nbytes,
+        "peak_torch": peak_bytes(candidates["torch"][1], [x, dy, *ref.parameters()]) / nbytes,
+        "peak_normtut": peak_bytes(candidates["normtut"][1], [x, dy, *ours.parameters()]) / nbytes,
     }
     for name in ("normtut", "floor", "compiled"):
         row[f"{name}_fwd"] = fwd.get(name, float("nan"))
