@@ -34,7 +34,7 @@ import statistics
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,7 +158,7 @@ class PeakMemory(TorchDispatchMode):
     counted, even when an op inside returns a view of them (GroupNorm reshapes its input).
     """
 
-    def __init__(self, existing: list[torch.Tensor] = ()) -> None:
+    def __init__(self, existing: Sequence[torch.Tensor] = ()) -> None:
         super().__init__()
         self.live = self.peak = 0
         self.existing = {t.untyped_storage().data_ptr() for t in existing}
@@ -185,7 +185,7 @@ class PeakMemory(TorchDispatchMode):
         self.live -= nbytes
 
 
-def peak_bytes(fn: Callable[[], None], existing: list[torch.Tensor] = ()) -> int:
+def peak_bytes(fn: Callable[[], None], existing: Sequence[torch.Tensor] = ()) -> int:
     """The peak bytes of the storages ``fn`` creates, not counting those of ``existing``."""
     with PeakMemory(existing) as tracker:
         fn()
@@ -235,8 +235,8 @@ def measure(case: Case, shape: tuple[int, ...], rounds: int, use_compile: bool) 
         "torch_fwdbwd_ms": fwdbwd["torch"] * 1e3,
         "saved_torch": saved_bytes(graph(ref)) / nbytes,
         "saved_normtut": saved_bytes(graph(ours)) / nbytes,
-        "peak_torch": peak_bytes(candidates["torch"][1], [x, dy, *ref.parameters()]) / nbytes,
-        "peak_normtut": peak_bytes(candidates["normtut"][1], [x, dy, *ours.parameters()]) / nbytes,
+        "peak_torch": peak_bytes(candidates["torch"][1], [dy, *inputs_of(ref, x)]) / nbytes,
+        "peak_normtut": peak_bytes(candidates["normtut"][1], [dy, *inputs_of(ours, x)]) / nbytes,
     }
     for name in ("normtut", "floor", "compiled"):
         row[f"{name}_fwd"] = fwd.get(name, float("nan"))
