@@ -16,9 +16,10 @@ weight brought in, one sum per group) and ``grad_input``. A distributed BatchNor
 ``grad_sums`` over its processes before the other two.
 
 Every operation reads and writes whole tensors, so the code counts them: each new
-input-sized tensor costs a trip through memory (and, freshly allocated, page faults). The
-forward makes two temporaries (x - K and its square) and the output; the backward one
-buffer, which holds x - mean, then dy * (x - mean), then dL/dx.
+input-sized tensor costs a trip through memory (and, freshly allocated, page faults). Where
+autograd records nothing, each pass allocates one input-sized buffer, as torch's kernels
+do: the forward's holds x - K, then its square, then x - K again and the output; the
+backward's x - mean, then dy * (x - mean), then dL/dx.
 """
 
 from __future__ import annotations
@@ -177,8 +178,10 @@ class Normalize(torch.autograd.Function):
     def forward(input, weight, bias, running_mean, running_var, norm: Norm):
         x = _in(input, F._opmath(input.dtype))  # float16/bfloat16: the math in float32
         weight, bias = _viewed(weight, norm), _viewed(bias, norm)
+        plain = _plain(x)  # nothing records: our own temporaries may be overwritten
+        scratch = norm.training and plain  # d too is ours (in eval it is x)
         if norm.training:  # statistics of x, from d = x - K, K near each group's mean
-            n, K, d, mean_d, var = F.shifted_moments(x, norm.dims)
+            n, K, d, mean_d, var = F.shifted_moments(x, norm.dims, scratch)
             mean = K + mean_d
             if running_mean is not None:
                 _update_running(running_mean, running_var, mean, var, n, norm)
@@ -186,17 +189,24 @@ class Normalize(torch.autograd.Function):
             mean, var = _per_channel(running_mean, x), _per_channel(running_var, x)
             d, mean_d = x, mean
         rstd = inverse_std(var, norm)  # 1 / sigma, one per group
-        scratch = norm.training and _plain(x)  # d is ours to overwrite (in eval it is x)
-        # y = weight * (x - mean) * rstd + bias = weight * (d - mean(d)) * rstd + bias
+        # y = weight * (x - mean) * rstd + bias = weight * (d - mean(d)) * rstd + bias,
+        # written where nothing records into the one temporary made so far: the forward
+        # allocates one input-sized tensor, the output, as torch's kernel does.
         if weight is not None and weight.dim() < x.dim():  # LN: a weight per element
             x_hat = (d.sub_(mean_d) if scratch else d - mean_d).mul_(rstd)
-            y = x_hat * weight if bias is None else torch.addcmul(bias, x_hat, weight)
+            if not plain:
+                y = x_hat * weight if bias is None else torch.addcmul(bias, x_hat, weight)
+            elif bias is None:
+                y = _fresh(x_hat.mul_(weight))
+            else:
+                y = _fresh(torch.addcmul(bias, x_hat, weight, out=x_hat))
         else:  # a weight per channel: y = d * s + (bias - mean(d) * s), s = weight * rstd
             s = _times(rstd, weight)
             shift = -mean_d * s if bias is None else torch.addcmul(bias, mean_d, s, value=-1)
             # (torch.addcmul(shift, d, s) is one pass, but with two per-channel operands it
             # runs unvectorized: two vectorized passes are faster)
-            y = (d.mul_(s) if scratch else d * s) + shift  # a new y (version 0), as torch's
+            y = d.mul_(s) if scratch else d * s
+            y = _fresh(y.add_(shift)) if plain else y + shift
         return _in(y, input.dtype), mean, rstd
 
     @staticmethod
@@ -326,6 +336,14 @@ def _plain(t: Tensor) -> bool:
         or torch._C._are_functorch_transforms_active()
         or torch._C._functorch.is_legacy_batchedtensor(t)  # autograd.grad(is_grads_batched)
     )
+
+
+def _fresh(t: Tensor) -> Tensor:
+    """``t``, a temporary of this forward that nobody else has seen, as a new tensor: its
+    version counter back at 0, as torch's output has (in-place steps counted it up)."""
+    if not torch.is_inference(t):  # (inference tensors have no version counter)
+        torch._C._autograd._unsafe_set_version_counter((t,), (0,))
+    return t
 
 
 def _as(dx: Tensor | None, input: Tensor) -> Tensor | None:

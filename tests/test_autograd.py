@@ -289,6 +289,46 @@ def test_low_precision_input_is_kept_as_it_is(layer, dtype):
     assert all(numel < x.numel() for _, numel in storages.values()), storages
 
 
+LARGE = [  # groups of 512 values and more: the statistics' dot-product path (functional)
+    Layer("LN-(C,H,W)", lambda L: L.LayerNorm([8, 16, 16]), (4, 8, 16, 16), has_eval=False),
+    Layer("LN-last", lambda L: L.LayerNorm(1024), (3, 2, 1024), has_eval=False),
+    Layer("IN2d", lambda L: L.InstanceNorm2d(3, affine=True), (2, 3, 32, 32), has_eval=False),
+    Layer("GN", lambda L: L.GroupNorm(2, 8), (2, 8, 16, 16), has_eval=False),
+    Layer("BN2d", lambda L: L.BatchNorm2d(4), (4, 4, 16, 16)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("layer", "mode"),
+    [
+        (layer, mode)
+        for layer in LARGE
+        for mode in ("train", "eval")
+        if mode == "train" or layer.has_eval
+    ],
+    ids=lambda v: getattr(v, "name", v),
+)
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_large_groups_match_torch_with_a_new_output(layer, mode, grad):
+    """Where nothing records, the forward writes y into its one temporary: y is still a new
+    tensor (version 0, not the input's memory) with torch's values, gradients and buffers."""
+    ours, ref = pair(layer, mode, dtype=torch.float32)
+    x = (torch.randn(layer.shape) * 2 + 1).requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        y, y_ref = ours(x), ref(x)
+    assert y._version == y_ref._version == 0
+    assert y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for name, b in ref.named_buffers():
+        torch.testing.assert_close(ours.get_buffer(name), b, rtol=1e-6, atol=1e-6)
+    if grad:
+        dy = torch.randn_like(y)
+        got = torch.autograd.grad(y, [x, *ours.parameters()], dy)
+        want = torch.autograd.grad(y_ref, [x, *ref.parameters()], dy)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 class AtenOps(TorchDispatchMode):
     """Records the name of every aten op that runs inside."""
 

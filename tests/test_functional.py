@@ -473,6 +473,53 @@ def test_shifted_moments_returns_the_shifted_data():
     assert not K.requires_grad
 
 
+@pytest.mark.parametrize(
+    "shape, dims",
+    [
+        ((4, 8, 16, 16), (1, 2, 3)),  # LayerNorm over (C, H, W): groups of 2048, one piece
+        ((3, 5, 4, 32, 32), (2, 3, 4)),  # GroupNorm's grouped view: 4096 values per group
+        ((2, 3, 1536), (2,)),  # pieces of 512
+        ((2, 24576), (1,)),  # pieces of 4096, six per group
+        ((16, 8, 8, 8), (0, 2, 3)),  # BatchNorm: strided groups, d^2 in d's memory
+        ((4, 6, 10, 10), (2, 3)),  # 100 values: pieces would be too short, likewise
+    ],
+)
+def test_shifted_moments_scratch_gives_the_same_statistics(shape, dims):
+    """With ``scratch`` no d^2 is stored beside d: dot products over pieces where groups are
+    contiguous runs, d squared in place and formed again elsewhere. Same d, same moments."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 0.5 + 3
+    n, K, d, mean_d, var = F.shifted_moments(x, dims)
+    n_s, K_s, d_s, mean_d_s, var_s = F.shifted_moments(x.clone(), dims, scratch=True)
+    assert (
+        n_s == n and torch.equal(K_s, K) and torch.equal(d_s, d) and torch.equal(mean_d_s, mean_d)
+    )
+    torch.testing.assert_close(var_s, var, rtol=1e-6, atol=0)
+    var64 = torch.var_mean(x.double(), dim=dims, correction=0, keepdim=True)[0]
+    torch.testing.assert_close(var_s.double(), var64, rtol=1e-6, atol=0)
+
+
+def test_square_mean_by_dots_only_for_contiguous_runs_of_512_or_more():
+    x = torch.randn(4, 8, 16, 16)
+    assert F.square_mean_by_dots(x, (1, 2, 3)).shape == (4, 1, 1, 1)
+    assert F.square_mean_by_dots(x, (0, 2, 3)) is None  # strided groups (BatchNorm)
+    assert F.square_mean_by_dots(x, (2, 3)) is None  # runs of 256
+    assert F.square_mean_by_dots(x.transpose(2, 3), (1, 2, 3)) is None  # not contiguous
+    assert F.square_mean_by_dots(x[:0], (1, 2, 3)) is None  # nothing to sum
+
+
+def test_square_mean_by_dots_keeps_a_long_group_accurate():
+    """One group of 2^20 values near 1000 (the shifted data of a large offset): a single dot
+    product of that length errs by about 6e-6 in float32 here; pieces of 4096 summed by
+    torch.sum keep it near float32's rounding (2e-8)."""
+    x = torch.randn(1, 2**20, generator=torch.Generator().manual_seed(0)) * 0.01 + 1000
+    d = x - x.mean()
+    exact = (d.double() ** 2).mean()
+    ours = F.square_mean_by_dots(d, (1,)).double()
+    assert ((ours - exact).abs() / exact).item() < 1e-6
+    single_chain = (d[0] @ d[0]).double() / d.numel()  # what the pieces avoid
+    assert ((single_chain - exact).abs() / exact).item() > 1e-6
+
+
 @pytest.mark.parametrize("split", [1, 3, 7])
 def test_merge_moments_is_the_moments_of_the_union(split):
     """Chan, Golub and LeVeque's pairwise update: merging the (n, mean, M2) of two parts
