@@ -17,9 +17,9 @@ weight brought in, one sum per group) and ``grad_input``. A distributed BatchNor
 
 Every operation reads and writes whole tensors, so the code counts them: each new
 input-sized tensor costs a trip through memory (and, freshly allocated, page faults). Where
-autograd records nothing, each pass allocates one input-sized buffer, as torch's kernels
-do: the forward's holds x - K, then its square, then x - K again and the output; the
-backward's x - mean, then dy * (x - mean), then dL/dx.
+autograd records nothing, the forward writes the output into its temporary x - K, and the
+backward uses one buffer, which holds x - mean, then dy * (x - mean), then dL/dx. (The
+sums of squares of x - K are dot products where they can be: ``functional.square_mean``.)
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class Normalize(torch.autograd.Function):
         plain = _plain(x)  # nothing records: our own temporaries may be overwritten
         scratch = norm.training and plain  # d too is ours (in eval it is x)
         if norm.training:  # statistics of x, from d = x - K, K near each group's mean
-            n, K, d, mean_d, var = F.shifted_moments(x, norm.dims, scratch)
+            n, K, d, mean_d, var = F.shifted_moments(x, norm.dims)
             mean = K + mean_d
             if running_mean is not None:
                 _update_running(running_mean, running_var, mean, var, n, norm)

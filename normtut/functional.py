@@ -33,9 +33,7 @@ from . import autograd, checks, layout
 # ---------------------------------------------------------------------------
 
 
-def shifted_moments(
-    x: Tensor, dims: Sequence[int], scratch: bool = False
-) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
+def shifted_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
     """The data behind every statistic: n, K, d = x - K, mean(d) and the variance over dims.
 
     The textbook E[x^2] - E[x]^2 cancels catastrophically when ``|mean|`` >> std. Subtracting
@@ -43,45 +41,41 @@ def shifted_moments(
     moments of d = x - K then correct K's rounding: mean = K + mean(d), var = mean(d^2) -
     mean(d)^2 (Chan, Golub and LeVeque's corrected two-pass algorithm). ``d`` is returned
     for callers that go on to use x - mean = d - mean(d).
-
-    With ``scratch`` (d is ours and nothing records or transforms these operations) d^2 is
-    not stored beside d: the sums of squares are dot products (``square_mean_by_dots``) or,
-    where they cannot be, d^2 is formed in d's own memory and d formed again afterwards.
     """
     n = math.prod([x.shape[i] for i in dims])
     K = x.mean(dims, keepdim=True).detach()  # near the mean; any K gives the same mean and var
     K = torch.nan_to_num(K, nan=0.0, posinf=0.0, neginf=0.0)  # x - inf would be NaN
     d = x - K
     mean_d = d.mean(dims, keepdim=True)
-    square_mean = square_mean_by_dots(d, dims) if scratch else None
-    if square_mean is None and scratch:  # BatchNorm: one temporary, not two
-        square_mean = d.mul_(d).mean(dims, keepdim=True)
-        torch.sub(x, K, out=d)  # d = x - K again
-    elif square_mean is None:
-        square_mean = (d * d).mean(dims, keepdim=True)
-    var = torch.addcmul(square_mean, mean_d, mean_d, value=-1)
+    var = torch.addcmul(square_mean(d, dims), mean_d, mean_d, value=-1)
     return n, K, d, mean_d, var.clamp_min_(0.0)  # rounding must not leave var below 0
 
 
-def square_mean_by_dots(d: Tensor, dims: Sequence[int]) -> Tensor | None:
-    """mean(d^2) over ``dims`` (kept as size-1 axes) from dot products d . d, reading d once
-    and writing nothing; None where the groups are not contiguous runs of values.
+def square_mean(d: Tensor, dims: Sequence[int]) -> Tensor:
+    """mean(d^2) over ``dims`` (kept as size-1 axes): d * d, averaged.
 
-    Each group is one run where ``dims`` are the trailing axes of a contiguous tensor
-    (LayerNorm, InstanceNorm, GroupNorm; BatchNorm's groups are strided). The dot products
-    are one batched matrix product over pieces of 512 to 4096 values, added up per group:
-    one dot product over a million values would add them in a single long chain and lose
-    accuracy, pieces keep the sum as accurate as ``torch.sum`` (and shorter pieces would
-    take bmm's slow path).
+    Where each group is one contiguous run of values (the trailing axes of a contiguous
+    tensor: LayerNorm, InstanceNorm, GroupNorm), the sums of squares are dot products d . d
+    instead: one batched matrix product over pieces of 512 to 4096 values, added up per
+    group. d is read once and no d^2 is written, one trip through memory instead of two.
+    (Pieces, not whole groups: one dot product over a million values adds them up in a
+    single long chain and loses accuracy; pieces keep the sum as accurate as ``torch.sum``.
+    Shorter pieces would take bmm's slow path.)
     """
     n = math.prod([d.shape[i] for i in dims])
     piece = math.gcd(n, 4096)  # the longest run of at most 4096 values that divides n
     trailing = tuple(dims) == tuple(range(d.dim() - len(dims), d.dim()))
-    if not (trailing and piece >= 512 and d.numel() > 0 and d.is_contiguous()):
-        return None
+    by_dots = trailing and piece >= 512 and d.numel() > 0 and not _traced_or_batched()
+    if not (by_dots and d.is_contiguous()):  # BatchNorm's groups are strided
+        return (d * d).mean(dims, keepdim=True)
     pieces = d.reshape(-1, 1, piece)  # [groups * n / piece, 1, piece], a view
     sums = torch.bmm(pieces, pieces.transpose(1, 2)).reshape(-1, n // piece).sum(1)
-    return sums.div_(n).reshape([1 if i in dims else size for i, size in enumerate(d.shape)])
+    return (sums / n).reshape([1 if i in dims else size for i, size in enumerate(d.shape)])
+
+
+def _traced_or_batched() -> bool:
+    """Under torch.compile (inductor fuses d * d into the sum) or a torch.func transform."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
 def partial_moments(x: Tensor, dims: Sequence[int]) -> tuple[int, Tensor, Tensor]:

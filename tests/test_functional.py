@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -474,37 +475,33 @@ def test_shifted_moments_returns_the_shifted_data():
 
 
 @pytest.mark.parametrize(
-    "shape, dims",
+    "shape, dims, by_dots",
     [
-        ((4, 8, 16, 16), (1, 2, 3)),  # LayerNorm over (C, H, W): groups of 2048, one piece
-        ((3, 5, 4, 32, 32), (2, 3, 4)),  # GroupNorm's grouped view: 4096 values per group
-        ((2, 3, 1536), (2,)),  # pieces of 512
-        ((2, 24576), (1,)),  # pieces of 4096, six per group
-        ((16, 8, 8, 8), (0, 2, 3)),  # BatchNorm: strided groups, d^2 in d's memory
-        ((4, 6, 10, 10), (2, 3)),  # 100 values: pieces would be too short, likewise
+        ((4, 8, 16, 16), (1, 2, 3), True),  # LayerNorm over (C, H, W): groups of 2048
+        ((3, 5, 4, 32, 32), (2, 3, 4), True),  # GroupNorm's grouped view: 4096 per group
+        ((2, 3, 1536), (2,), True),  # pieces of 512
+        ((2, 24576), (1,), True),  # pieces of 4096, six per group
+        ((16, 8, 8, 8), (0, 2, 3), False),  # BatchNorm: strided groups
+        ((4, 6, 10, 10), (2, 3), False),  # 100 values: pieces would be too short
+        ((4, 8, 16, 16), (2, 3), False),  # 256 values, likewise
+        ((0, 8, 16, 16), (1, 2, 3), False),  # nothing to sum
     ],
 )
-def test_shifted_moments_scratch_gives_the_same_statistics(shape, dims):
-    """With ``scratch`` no d^2 is stored beside d: dot products over pieces where groups are
-    contiguous runs, d squared in place and formed again elsewhere. Same d, same moments."""
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 0.5 + 3
-    n, K, d, mean_d, var = F.shifted_moments(x, dims)
-    n_s, K_s, d_s, mean_d_s, var_s = F.shifted_moments(x.clone(), dims, scratch=True)
-    assert (
-        n_s == n and torch.equal(K_s, K) and torch.equal(d_s, d) and torch.equal(mean_d_s, mean_d)
-    )
-    torch.testing.assert_close(var_s, var, rtol=1e-6, atol=0)
-    var64 = torch.var_mean(x.double(), dim=dims, correction=0, keepdim=True)[0]
-    torch.testing.assert_close(var_s.double(), var64, rtol=1e-6, atol=0)
-
-
-def test_square_mean_by_dots_only_for_contiguous_runs_of_512_or_more():
-    x = torch.randn(4, 8, 16, 16)
-    assert F.square_mean_by_dots(x, (1, 2, 3)).shape == (4, 1, 1, 1)
-    assert F.square_mean_by_dots(x, (0, 2, 3)) is None  # strided groups (BatchNorm)
-    assert F.square_mean_by_dots(x, (2, 3)) is None  # runs of 256
-    assert F.square_mean_by_dots(x.transpose(2, 3), (1, 2, 3)) is None  # not contiguous
-    assert F.square_mean_by_dots(x[:0], (1, 2, 3)) is None  # nothing to sum
+def test_square_mean_is_the_mean_of_squares(shape, dims, by_dots):
+    """mean(d^2) per group, from dot products over pieces where groups are contiguous runs
+    of 512 values or more (one bmm), from d * d elsewhere."""
+    d = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.1
+    with mock.patch.object(torch, "bmm", wraps=torch.bmm) as bmm:
+        ours = F.square_mean(d, dims)
+    assert bmm.called == by_dots
+    want = (d.double() ** 2).mean(dims, keepdim=True)
+    assert ours.shape == want.shape and ours.dtype == d.dtype
+    torch.testing.assert_close(ours.double(), want, rtol=1e-6, atol=0)
+    if by_dots:  # a strided view of the same values is summed as d * d
+        with mock.patch.object(torch, "bmm", wraps=torch.bmm) as bmm:
+            strided = F.square_mean(d.transpose(0, 1).contiguous().transpose(0, 1), dims)
+        assert not bmm.called
+        torch.testing.assert_close(strided.double(), want, rtol=1e-6, atol=0)
 
 
 def test_square_mean_by_dots_keeps_a_long_group_accurate():
@@ -514,7 +511,7 @@ def test_square_mean_by_dots_keeps_a_long_group_accurate():
     x = torch.randn(1, 2**20, generator=torch.Generator().manual_seed(0)) * 0.01 + 1000
     d = x - x.mean()
     exact = (d.double() ** 2).mean()
-    ours = F.square_mean_by_dots(d, (1,)).double()
+    ours = F.square_mean(d, (1,)).double()
     assert ((ours - exact).abs() / exact).item() < 1e-6
     single_chain = (d[0] @ d[0]).double() / d.numel()  # what the pieces avoid
     assert ((single_chain - exact).abs() / exact).item() > 1e-6
