@@ -190,8 +190,8 @@ class Normalize(torch.autograd.Function):
             d, mean_d = x, mean
         rstd = inverse_std(var, norm)  # 1 / sigma, one per group
         # y = weight * (x - mean) * rstd + bias = weight * (d - mean(d)) * rstd + bias,
-        # written where nothing records into the one temporary made so far: the forward
-        # allocates one input-sized tensor, the output, as torch's kernel does.
+        # written (where nothing records) into a temporary made above: the output takes no
+        # input-sized tensor of its own.
         if weight is not None and weight.dim() < x.dim():  # LN: a weight per element
             x_hat = (d.sub_(mean_d) if scratch else d - mean_d).mul_(rstd)
             if not plain:
