@@ -331,9 +331,8 @@ def _plain(t: Tensor) -> bool:
     nothing (with create_graph, or jit.trace calling forward directly, it keeps them) and
     no vmap batches other values into them (torch.func, or autograd.grad's batched grads)."""
     return not (
-        torch.compiler.is_compiling()  # (inductor plans memory itself)
+        F._compiled_or_transformed()
         or torch.is_grad_enabled()
-        or torch._C._are_functorch_transforms_active()
         or torch._C._functorch.is_legacy_batchedtensor(t)  # autograd.grad(is_grads_batched)
     )
 

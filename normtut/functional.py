@@ -65,7 +65,7 @@ def square_mean(d: Tensor, dims: Sequence[int]) -> Tensor:
     n = math.prod([d.shape[i] for i in dims])
     piece = math.gcd(n, 4096)  # the longest run of at most 4096 values that divides n
     trailing = tuple(dims) == tuple(range(d.dim() - len(dims), d.dim()))
-    by_dots = trailing and piece >= 512 and d.numel() > 0 and not _traced_or_batched()
+    by_dots = trailing and piece >= 512 and d.numel() > 0 and not _compiled_or_transformed()
     if not (by_dots and d.is_contiguous()):  # BatchNorm's groups are strided
         return (d * d).mean(dims, keepdim=True)
     pieces = d.reshape(-1, 1, piece)  # [groups * n / piece, 1, piece], a view
@@ -73,8 +73,9 @@ def square_mean(d: Tensor, dims: Sequence[int]) -> Tensor:
     return (sums / n).reshape([1 if i in dims else size for i, size in enumerate(d.shape)])
 
 
-def _traced_or_batched() -> bool:
-    """Under torch.compile (inductor fuses d * d into the sum) or a torch.func transform."""
+def _compiled_or_transformed() -> bool:
+    """Under torch.compile (inductor fuses and plans memory itself) or a torch.func transform
+    (vmap batches values into the tensors): no hand-made memory tricks there."""
     return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
